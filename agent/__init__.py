@@ -1,0 +1,3 @@
+"""bench-agent: the edge daemon of a warehouse packing bench."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""``bench-agent``: run the daemon, check a config, print the version.
+
+Exit codes: 0 success, 1 the daemon failed at run time, 2 bad usage or invalid config.
+The technician's diagnostics commands talk to the running daemon (see ``docs/cli.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.config import Config, load_config
+from agent.errors import AgentError, ConfigError
+
+DEFAULT_CONFIG = "/etc/bench-agent/config.toml"
+
+log = logging.getLogger("agent.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bench-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = f"config file (default: $BENCH_AGENT_CONFIG or {DEFAULT_CONFIG})"
+    run = sub.add_parser("run", help="run the bench daemon in the foreground")
+    run.add_argument("-c", "--config", help=config_help)
+    check = sub.add_parser("check-config", help="validate a config file without starting")
+    check.add_argument("-c", "--config", help=config_help)
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    version = sub.add_parser("version", help="print the agent version")
+    version.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _config_path(arg: str | None) -> str:
+    return arg or os.environ.get("BENCH_AGENT_CONFIG") or DEFAULT_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bench-agent`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        if args.json:
+            print(json.dumps({"version": __version__}))
+        else:
+            print(f"bench-agent {__version__}")
+        return 0
+    if args.command == "check-config":
+        return _check_config(_config_path(args.config), as_json=args.json)
+    return _run(_config_path(args.config))
+
+
+def _check_config(path: str, *, as_json: bool) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "file": path, "errors": str(exc).splitlines()}))
+        else:
+            print(f"config invalid:\n{exc}", file=sys.stderr)
+        return 2
+    summary = _summary(config)
+    if as_json:
+        print(json.dumps({"ok": True, "file": path, **summary}))
+    else:
+        print(f"config ok: {path}")
+        for key, value in summary.items():
+            print(f"  {key}: {value}")
+    return 0
+
+
+def _summary(config: Config) -> dict[str, object]:
+    return {
+        "bench": f"{config.bench.site}/{config.bench.id}",
+        "broker": f"{config.mqtt.host}:{config.mqtt.port} (TLS"
+                  f"{', client certificate' if config.mqtt.tls.cert_file else ''})",
+        "storage": str(config.storage.dir),
+        "devices": ", ".join(f"{n} ({d.kind})" for n, d in config.devices.items()) or "none",
+    }
+
+
+def _run(path: str) -> int:
+    # Imported here so that `check-config` and `version` start fast.
+    from agent.daemon import Daemon
+    from agent.logs import setup_logging
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"config invalid:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level)
+    try:
+        return asyncio.run(Daemon(config).run())
+    except AgentError as exc:
+        log.critical("cannot run: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The command channel: commands from the central system, checked, run once, answered.
+
+A command arrives on ``{prefix}/cmd/{name}`` as a JSON object (``schemas/command.json``).
+Each is, in order: size-checked, parsed, validated, looked up by id (a repeated id runs
+nothing and gets its stored reply again), checked for expiry (MQTT 5 Message Expiry and
+``expires_at``), recorded durably, acknowledged to the broker, run, and answered. The
+reply travels through the outbox to the MQTT 5 Response Topic (with the request's
+Correlation Data) or the JSON ``reply_to``, either of which must lie under the bench's
+``reply`` topic; without either it goes to ``{prefix}/reply``.
+
+Commands recorded but not finished when the agent stopped are run at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from agent.errors import AgentError, CommandError, OutboxFull
+from agent.mqtt import Inbound
+from agent.outbox import Outbox, Priority, iso_time
+from agent.store import Store
+from agent.topics import Topics
+
+log = logging.getLogger("agent.commands")
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+ENVELOPE_SCHEMA: dict[str, Any] = json.loads(
+    resources.files("agent.schemas").joinpath("command.json").read_text()
+)
+_NO_ARGS: dict[str, Any] = {"type": "object", "additionalProperties": False}
+
+
+@dataclass(frozen=True)
+class Command:
+    """A registered command: ``action`` commands change something (print, tare)."""
+
+    name: str
+    handler: Handler
+    args_schema: dict[str, Any]
+    action: bool
+
+
+@dataclass
+class _Request:
+    name: str
+    command_id: str | None
+    received_at: float
+    reply_topic: str
+    correlation: bytes | None
+    args: dict[str, Any]
+    expires_at: float | None = None
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _first_error(validator: jsonschema.Draft202012Validator, instance: Any) -> str | None:
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+    return f"{where}: {error.message}"
+
+
+class CommandChannel:
+    """Validates, deduplicates, records, runs and answers commands."""
+
+    def __init__(self, store: Store, outbox: Outbox, topics: Topics, *, max_bytes: int,
+                 retention_s: int, ack: Callable[[Inbound], None]) -> None:
+        self._store = store
+        self._outbox = outbox
+        self._topics = topics
+        self._max_bytes = max_bytes
+        self._retention_s = retention_s
+        self._ack = ack
+        self._commands: dict[str, Command] = {}
+        self._envelope = _validator(ENVELOPE_SCHEMA)
+        self._queue: asyncio.Queue[Inbound] = asyncio.Queue()
+        self._running: set[asyncio.Task[None]] = set()
+        self._accepting = True
+
+    def register(self, name: str, handler: Handler, *, args_schema: dict[str, Any] | None = None,
+                 action: bool = False) -> None:
+        """Make ``name`` runnable; ``args_schema`` is the JSON Schema of its ``args``."""
+        self._commands[name] = Command(name, handler, args_schema or _NO_ARGS, action)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._commands)
+
+    def submit(self, message: Inbound) -> None:
+        """Loop thread: a message arrived on a command topic."""
+        if self._accepting:
+            self._queue.put_nowait(message)
+        # When stopping, leave it unacknowledged: the broker delivers it again next time.
+
+    async def run(self) -> None:
+        """Handle messages one at a time (record order = arrival order); run them as tasks."""
+        await self._prune()
+        await self._resume_unfinished()
+        while True:
+            message = await self._queue.get()
+            try:
+                await self._receive(message)
+            except OutboxFull as exc:
+                log.error("command on %s not answered, left for redelivery: %s", message.topic,
+                          exc)
+            except Exception:
+                log.exception("command on %s failed unexpectedly", message.topic)
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop taking commands; give those running ``timeout_s`` to finish."""
+        self._accepting = False
+        if self._running:
+            await asyncio.wait(self._running, timeout=timeout_s)
+
+    # ------------------------------------------------------------ intake
+    async def _receive(self, message: Inbound) -> None:
+        name = self._topics.command_name(message.topic) or "?"
+        request = _Request(name, None, message.received_at, self._topics.reply,
+                           message.correlation, {})
+        if message.response_topic is not None:
+            if not self._topics.is_reply_topic(message.response_topic):
+                await self._refuse(message, request, CommandError(
+                    f"Response Topic {message.response_topic!r} is outside "
+                    f"{self._topics.reply}/#", code="invalid_reply_topic"))
+                return
+            request.reply_topic = message.response_topic
+        try:
+            self._parse(message, request)
+        except CommandError as exc:
+            await self._refuse(message, request, exc)
+            return
+        if request.command_id is not None:
+            known, stored = await self._store.run(_lookup, request.command_id)
+            if known:
+                await self._answer_duplicate(message, request, stored)
+                return
+        try:
+            command = self._check(request)
+        except CommandError as exc:
+            await self._refuse(message, request, exc)
+            return
+        assert request.command_id is not None
+        await self._store.run(_record, request)
+        self._ack(message)
+        self._start(command, request)
+
+    def _parse(self, message: Inbound, request: _Request) -> None:
+        if len(message.payload) > self._max_bytes:
+            raise CommandError(f"command is {len(message.payload)} bytes; the limit is "
+                               f"{self._max_bytes}", code="too_large")
+        try:
+            body = json.loads(message.payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CommandError(f"payload is not JSON: {exc}", code="malformed_json") from exc
+        if isinstance(body, dict) and isinstance(body.get("id"), str):
+            request.command_id = body["id"][:128]
+        problem = _first_error(self._envelope, body)
+        if problem is not None:
+            raise CommandError(f"command does not match schemas/command.json: {problem}",
+                               code="invalid_command")
+        request.command_id = body["id"]
+        request.args = body.get("args", {})
+        if "reply_to" in body and message.response_topic is None:
+            if not self._topics.is_reply_topic(body["reply_to"]):
+                raise CommandError(f"reply_to {body['reply_to']!r} is outside "
+                                   f"{self._topics.reply}/#", code="invalid_reply_topic")
+            request.reply_topic = body["reply_to"]
+        deadlines = []
+        if message.expiry_s is not None:
+            deadlines.append(message.received_at + message.expiry_s)
+        if "expires_at" in body:
+            try:
+                deadlines.append(datetime.fromisoformat(body["expires_at"]).timestamp())
+            except ValueError as exc:
+                raise CommandError(f"expires_at {body['expires_at']!r} is not an RFC 3339 "
+                                   "time such as 2026-11-22T10:00:00Z",
+                                   code="invalid_command") from exc
+        request.expires_at = min(deadlines) if deadlines else None
+
+    def _check(self, request: _Request) -> Command:
+        command = self._commands.get(request.name)
+        if command is None:
+            raise CommandError(f"unknown command {request.name!r}; this bench runs: "
+                               f"{', '.join(self.names)}", code="unknown_command")
+        _check_expiry(request)
+        problem = _first_error(_validator(command.args_schema), request.args)
+        if problem is not None:
+            raise CommandError(f"args of {request.name}: {problem}", code="invalid_args")
+        return command
+
+    # ------------------------------------------------------------ running
+    def _start(self, command: Command, request: _Request) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._execute(command, request), name=f"command.{request.name}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _execute(self, command: Command, request: _Request) -> None:
+        try:
+            _check_expiry(request)
+            result = await command.handler(request.args)
+            reply = self._reply(request, ok=True, result=result)
+        except AgentError as exc:
+            reply = self._reply(request, ok=False, error=exc)
+        except Exception as exc:
+            log.exception("command %s (%s) failed", request.name, request.command_id)
+            reply = self._reply(request, ok=False,
+                                error=AgentError(f"{type(exc).__name__}: {exc}",
+                                                 code="internal_error"))
+        await self._send(request, reply, store=True)
+
+    async def _resume_unfinished(self) -> None:
+        for request in await self._store.run(_unfinished):
+            log.info("running command %s (%s) recorded before the last stop", request.name,
+                     request.command_id)
+            try:
+                command = self._check(request)
+            except CommandError as exc:
+                await self._send(request, self._reply(request, ok=False, error=exc), store=True)
+                continue
+            self._start(command, request)
+
+    # ------------------------------------------------------------ replies
+    def _reply(self, request: _Request, *, ok: bool, result: dict[str, Any] | None = None,
+               error: AgentError | None = None) -> dict[str, Any]:
+        reply: dict[str, Any] = {
+            "command_id": request.command_id,
+            "command": request.name,
+            "ok": ok,
+            "duplicate": False,
+            "received_at": iso_time(request.received_at),
+        }
+        if ok:
+            reply["result"] = result or {}
+        elif error is not None:
+            reply["error"] = {"code": error.code, "message": error.message}
+        return reply
+
+    async def _refuse(self, message: Inbound, request: _Request, error: CommandError) -> None:
+        log.warning("command %s (%s) refused: %s: %s", request.name, request.command_id,
+                    error.code, error.message)
+        reply = self._reply(request, ok=False, error=error)
+        # A refusal with an id is stored too, so a repeat gets the same answer.
+        await self._send(request, reply, store=request.command_id is not None
+                         and error.code not in ("too_large", "malformed_json", "invalid_command"))
+        self._ack(message)
+
+    async def _answer_duplicate(self, message: Inbound, request: _Request,
+                                stored: dict[str, Any] | None) -> None:
+        self._ack(message)
+        if stored is None:
+            log.info("command %s delivered again while still running", request.command_id)
+            return
+        log.info("command %s delivered again; sending its stored reply", request.command_id)
+        await self._send(request, {**stored, "duplicate": True}, store=False)
+
+    async def _send(self, request: _Request, reply: dict[str, Any], *, store: bool) -> None:
+        also = None
+        if store:
+            def also(db: sqlite3.Connection) -> None:
+                _store_reply(db, request, reply)
+        await self._outbox.enqueue("command.reply", reply, priority=Priority.CRITICAL,
+                                   topic=request.reply_topic, correlation=request.correlation,
+                                   also=also)
+
+    async def _prune(self) -> None:
+        cutoff = time.time() - self._retention_s
+        await self._store.run(lambda db: db.execute(
+            "DELETE FROM commands WHERE received_at < ? AND state = 'done'", (cutoff,)))
+
+
+def _check_expiry(request: _Request) -> None:
+    if request.expires_at is not None and time.time() > request.expires_at:
+        raise CommandError(f"command expired at {iso_time(request.expires_at)}", code="expired")
+
+
+# ---------------------------------------------------------------- store thread
+def _lookup(db: sqlite3.Connection, command_id: str) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the id was seen before, and its stored reply (``None`` while it runs)."""
+    row = db.execute("SELECT state, reply FROM commands WHERE id = ?", (command_id,)).fetchone()
+    if row is None:
+        return False, None
+    return True, (json.loads(row[1]) if row[0] == "done" else None)
+
+
+def _record(db: sqlite3.Connection, request: _Request) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO commands (id, name, received_at, expires_at, args, reply_topic,"
+        " correlation, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'received')",
+        (request.command_id, request.name, request.received_at, request.expires_at,
+         json.dumps(request.args), request.reply_topic, request.correlation),
+    )
+
+
+def _store_reply(db: sqlite3.Connection, request: _Request, reply: dict[str, Any]) -> None:
+    _record(db, request)
+    db.execute("UPDATE commands SET state = 'done', reply = ? WHERE id = ?",
+               (json.dumps(reply), request.command_id))
+
+
+def _unfinished(db: sqlite3.Connection) -> list[_Request]:
+    rows = db.execute(
+        "SELECT id, name, received_at, expires_at, args, reply_topic, correlation FROM commands"
+        " WHERE state = 'received' ORDER BY received_at"
+    ).fetchall()
+    return [_Request(r[1], r[0], r[2], r[5], r[6], json.loads(r[4]), r[3]) for r in rows]

@@ -1,0 +1,267 @@
+"""The agent's one TOML config file, read and validated once at startup.
+
+Nothing below :func:`load_config` sees the raw TOML: it gets typed, frozen objects. Any
+wrong type, missing required key or unknown key fails startup with a :class:`ConfigError`
+whose message names the file, the dotted key and what is allowed. Relative paths are
+resolved against the config file's folder. Secrets (the MQTT password) are read from
+their own file here and never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent.errors import ConfigError
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
+"""Site, bench and device names: they become MQTT topic levels, so no ``/``, ``+``, ``#``."""
+
+DEVICE_KINDS = ("scanner", "scale", "printer", "camera", "signal")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class BenchConfig(_Section):
+    """Who this bench is: ``site`` and ``id`` name it in every topic and report."""
+
+    site: Annotated[str, Field(pattern=_NAME)]
+    id: Annotated[str, Field(pattern=_NAME)]
+    description: str = ""
+
+
+class TlsConfig(_Section):
+    """TLS to the broker. There is no plaintext mode: ``ca_file`` is required."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together (mutual TLS)")
+        return self
+
+
+class MqttConfig(_Section):
+    """The link to the central system's broker (MQTT 5 over TLS)."""
+
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 8883
+    tls: TlsConfig
+    client_id: str | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=60, le=0xFFFFFFFF)] = 7 * 24 * 3600
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    max_inflight: Annotated[int, Field(ge=1, le=65535)] = 64
+    """Outbox events in flight at once; the broker's Receive Maximum lowers it further."""
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 32
+    """Commands the broker may send before the agent acknowledges them (back-pressure)."""
+    max_command_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    topic_root: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")] = (
+        "benchagent/v1"
+    )
+    password: SecretStr | None = Field(default=None, exclude=True)
+    """Filled from ``password_file`` by the loader; not a key of the file."""
+
+    @model_validator(mode="after")
+    def _reconnect_bounds(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username")
+        return self
+
+
+class StorageConfig(_Section):
+    """Where the agent keeps its durable state, and how large the outbox may grow."""
+
+    dir: Path
+    outbox_max_bytes: Annotated[int, Field(ge=64 * 1024)] = 256 * 1024 * 1024
+    outbox_max_events: Annotated[int, Field(ge=10)] = 1_000_000
+    command_retention_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+    """How long command ids and their replies are kept to answer duplicates."""
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StatusConfig(_Section):
+    interval_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    """How often the retained status (with the outbox backlog) is refreshed."""
+
+
+class AgentConfig(_Section):
+    shutdown_flush_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+    """On SIGTERM, how long to keep delivering the outbox backlog before disconnecting."""
+
+
+class DeviceConfig(_Section):
+    """One device. The per-kind keys grow as drivers land (see ``docs/devices.md``)."""
+
+    kind: Literal["scanner", "scale", "printer", "camera", "signal"]
+    connection: str
+    role: str | None = None
+    enabled: bool = True
+
+
+class JobsConfig(_Section):
+    """The bench's jobs (pack verification, print jobs, diagnostics); filled by later work."""
+
+
+class Config(_Section):
+    """The whole validated config; ``source`` is the file it came from."""
+
+    bench: BenchConfig
+    mqtt: MqttConfig
+    storage: StorageConfig
+    log: LogConfig = LogConfig()
+    status: StatusConfig = StatusConfig()
+    agent: AgentConfig = AgentConfig()
+    devices: dict[str, DeviceConfig] = {}
+    jobs: JobsConfig = JobsConfig()
+    source: Path = Field(default=Path("<memory>"), exclude=True)
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, devices: dict[str, DeviceConfig]) -> dict[str, DeviceConfig]:
+        for name in devices:
+            if not re.match(_NAME, name):
+                raise ValueError(f"device name {name!r} must match {_NAME}")
+        return devices
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"benchagent-{self.bench.site}-{self.bench.id}"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and resolve the config file at ``path``.
+
+    Raises:
+        ConfigError: naming the file, the key and what is allowed.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(raw, source=path)
+
+
+def parse_config(raw: dict[str, Any], *, source: Path) -> Config:
+    """Validate an already-parsed TOML document; see :func:`load_config`."""
+    mqtt_raw = raw.get("mqtt")
+    if isinstance(mqtt_raw, dict) and "password" in mqtt_raw:
+        raise ConfigError(
+            f"{source}: mqtt.password: unknown key; keep the password in its own file "
+            "and name that file with mqtt.password_file"
+        )
+    _resolve_paths(raw, source.parent)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from exc
+    config = config.model_copy(update={"source": source})
+    _check_files(config)
+    if config.mqtt.password_file is not None:
+        password = _read_secret(source, "mqtt.password_file", config.mqtt.password_file)
+        mqtt = config.mqtt.model_copy(update={"password": SecretStr(password)})
+        config = config.model_copy(update={"mqtt": mqtt})
+    return config
+
+
+_PATH_KEYS = {
+    ("mqtt", "password_file"),
+    ("mqtt", "tls", "ca_file"),
+    ("mqtt", "tls", "cert_file"),
+    ("mqtt", "tls", "key_file"),
+    ("storage", "dir"),
+}
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Turn the path keys' strings into paths relative to the config file's folder."""
+    for key_path in _PATH_KEYS:
+        node: Any = raw
+        for key in key_path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(key_path[-1]), str):
+            node[key_path[-1]] = base / Path(node[key_path[-1]]).expanduser()
+
+
+def _check_files(config: Config) -> None:
+    tls = config.mqtt.tls
+    for key, file in (
+        ("mqtt.tls.ca_file", tls.ca_file),
+        ("mqtt.tls.cert_file", tls.cert_file),
+        ("mqtt.tls.key_file", tls.key_file),
+    ):
+        if file is not None and not file.is_file():
+            raise ConfigError(f"{config.source}: {key}: file {file} does not exist")
+
+
+def _read_secret(source: Path, key: str, file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{source}: {key}: cannot read {file}: {exc.strerror}") from exc
+
+
+def _describe(exc: ValidationError, source: Path) -> str:
+    """One line per problem: ``file: dotted.key: what is wrong; what is allowed``."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc) or "(top level)"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(error["loc"][:-1]))
+            lines.append(f"{source}: {key}: unknown key; allowed here: {allowed}")
+        elif kind == "missing":
+            lines.append(f"{source}: {key}: required key is missing")
+        else:
+            got = error.get("input")
+            lines.append(f"{source}: {key}: {error['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the section at ``loc``, for 'unknown key' messages."""
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        if field is None:
+            # A dict of named sections (devices.NAME): the value model is the dict's.
+            model = DeviceConfig
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif getattr(annotation, "__origin__", None) is dict:
+            model = DeviceConfig
+    return [name for name, f in model.model_fields.items() if not f.exclude]

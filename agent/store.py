@@ -1,0 +1,148 @@
+"""The agent's local SQLite database, owned by one dedicated thread.
+
+Durability policy (documented in ``docs/architecture.md``): the database runs in WAL mode
+with ``synchronous=FULL``, so every committed transaction has been fsync'ed to the WAL
+before the commit returns. A caller that awaited a write may rely on it surviving
+``kill -9`` and power loss. Writes that arrive together are committed together (group
+commit), which keeps one fsync per batch instead of one per event.
+
+Thread: ``bench-store`` (a one-worker executor). SQLite calls block on disk, so they never
+run on the asyncio loop; one thread means one connection and no locking between writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.errors import StorageError
+
+log = logging.getLogger("agent.store")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    data BLOB NOT NULL,
+    correlation BLOB,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending | rejected
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_evict ON outbox (priority, seq) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    expires_at REAL,
+    args TEXT NOT NULL,
+    reply_topic TEXT NOT NULL,
+    correlation BLOB,
+    state TEXT NOT NULL,                    -- received | done
+    reply TEXT
+);
+CREATE INDEX IF NOT EXISTS commands_age ON commands (received_at);
+"""
+
+
+class Store:
+    """One SQLite file; every query runs in the ``bench-store`` thread via :meth:`run`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        await self.run(lambda _db: None, _opening=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any, _opening: bool = False) -> T:
+        """Run ``fn(db, *args)`` in the store thread and return its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, args, _opening)
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...], opening: bool) -> T:
+        if self._db is None:
+            if not opening:
+                raise StorageError(f"{self.path}: store is closed")
+            self._db = self._connect()
+        try:
+            return fn(self._db, *args)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path}: database schema {version} is newer than this agent "
+                    f"understands ({SCHEMA_VERSION})"
+                )
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{self.path}: cannot open the agent database: {exc}") from exc
+        log.info("store %s open (WAL, synchronous=FULL)", self.path)
+        return db
+
+    async def close(self) -> None:
+        def _close(db: sqlite3.Connection) -> None:
+            db.close()
+            self._db = None
+
+        if self._db is not None:
+            await self.run(_close)
+        self._executor.shutdown(wait=True)
+
+
+class Transaction:
+    """``with Transaction(db):`` runs the block in one ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def meta_get(db: sqlite3.Connection, key: str, default: int = 0) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else default
+
+
+def meta_add(db: sqlite3.Connection, key: str, delta: int) -> int:
+    """Add ``delta`` to the counter ``key`` (inside the caller's transaction) and return it."""
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+        (key, delta),
+    )
+    return meta_get(db, key)
