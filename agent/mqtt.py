@@ -161,6 +161,9 @@ class MqttLink:
             password = self._mqtt.password.get_secret_value() if self._mqtt.password else None
             client.username_pw_set(self._mqtt.username, password)
         client.connect_timeout = self._mqtt.connect_timeout_s
+        # paho refuses to change this cap once it has connected; the broker's Receive
+        # Maximum is honoured by the outbox window below instead.
+        client.max_inflight_messages_set(self._mqtt.max_inflight)
         client.on_connect = _guarded(self._paho_connect)
         client.on_disconnect = _guarded(self._paho_disconnect)
         client.on_message = _guarded(self._paho_message)
@@ -244,8 +247,9 @@ class MqttLink:
 
     @property
     def window(self) -> int:
-        """Outbox events that may be in flight: ours and the broker's Receive Maximum."""
-        return max(1, min(self._mqtt.max_inflight, self.receive_maximum))
+        """Outbox events that may be in flight: within ours and the broker's Receive
+        Maximum, keeping one of the broker's slots for the retained status message."""
+        return max(1, min(self._mqtt.max_inflight, self.receive_maximum - 1))
 
     def subscribe(self, topic_filter: str) -> None:
         self._client.subscribe(topic_filter, options=SubscribeOptions(qos=1))
@@ -301,9 +305,6 @@ class MqttLink:
             await asyncio.sleep(self._backoff_s(self._attempt))
 
     def _connect_blocking(self) -> None:
-        # paho's own in-flight cap can only change between connections: use the last
-        # Receive Maximum the broker announced (the outbox window enforces the current one).
-        self._client.max_inflight_messages_set(self.window)
         self._client.will_set(self._status_topic, self._will_payload(), qos=1, retain=True)
         props = _properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._mqtt.session_expiry_s

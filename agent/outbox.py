@@ -128,7 +128,6 @@ class Outbox:
         self._wake = asyncio.Event()
         self._acked: list[int] = []
         self._alarm_changed = False
-        self._last_rejection: str | None = None
 
     async def load(self) -> None:
         """Read the backlog's size and counters; call once before :meth:`run`."""
@@ -394,7 +393,6 @@ class Outbox:
             db.execute("UPDATE outbox SET state = 'rejected', error = ? WHERE seq = ?",
                        (error, seq))
             self.rejected += 1
-            self._last_rejection = error
 
         async def _mark_and_report() -> None:
             await self._store.run(_mark)
@@ -414,13 +412,15 @@ class Outbox:
     async def stats(self) -> dict[str, Any]:
         """Backlog depth and age, in the status message's ``outbox`` format."""
 
-        def _oldest(db: sqlite3.Connection) -> float | None:
-            row = db.execute(
-                "SELECT MIN(created_at) FROM outbox WHERE state = 'pending'"
+        def _query(db: sqlite3.Connection) -> tuple[float | None, str | None]:
+            oldest = db.execute(
+                "SELECT MIN(created_at) FROM outbox WHERE state = 'pending'").fetchone()[0]
+            rejection = db.execute(
+                "SELECT error FROM outbox WHERE state = 'rejected' ORDER BY seq DESC LIMIT 1"
             ).fetchone()
-            return float(row[0]) if row and row[0] is not None else None
+            return oldest, rejection[0] if rejection else None
 
-        oldest = await self._store.run(_oldest)
+        oldest, last_rejection = await self._store.run(_query)
         return {
             "pending": self.count - self.rejected,
             "inflight": len(self._inflight),
@@ -428,7 +428,7 @@ class Outbox:
             "oldest_created_at": iso_time(oldest) if oldest else None,
             "oldest_age_s": round(time.time() - oldest, 3) if oldest else 0.0,
             "rejected": self.rejected,
-            "last_rejection": self._last_rejection,
+            "last_rejection": last_rejection,
             "dropped": dict(self.dropped),
             "refused": self.refused,
             "last_seq": self.last_seq,

@@ -102,6 +102,17 @@ def make_pki(directory: Path, clients: tuple[str, ...] = ("bench",),
                pairs)
 
 
+def ensure_pki(directory: Path, clients: tuple[str, ...] = ("bench",)) -> Pki:
+    """The set in ``directory`` if it is complete, else a new one written there."""
+    pairs = {c: CertPair(directory / f"{c}.crt", directory / f"{c}.key") for c in clients}
+    server = CertPair(directory / "server.crt", directory / "server.key")
+    files = [directory / "ca.crt", server.cert, server.key]
+    files += [p for pair in pairs.values() for p in (pair.cert, pair.key)]
+    if all(f.exists() for f in files):
+        return Pki(directory / "ca.crt", server, pairs)
+    return make_pki(directory, clients)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path)

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print numbers measured on real peers (no mocks)."""

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what bench-agent needs, idempotently: Debian packages (mosquitto, a Python
+# 3.11+ with venv) via apt-get when missing, then the virtualenv .venv with the project
+# and its dev tools. Safe to run again; it does nothing when all is in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_packages=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || apt_packages+=(mosquitto-clients)
+
+python=""
+for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+        "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        python="$candidate"
+        break
+    fi
+done
+if [ -z "$python" ]; then
+    apt_packages+=(python3.11 python3.11-venv)
+    python=python3.11
+elif ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    apt_packages+=("$(basename "$python")-venv")
+fi
+
+if [ ${#apt_packages[@]} -gt 0 ]; then
+    echo "bootstrap: installing Debian packages: ${apt_packages[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "bootstrap: creating .venv with $python"
+    "$python" -m venv .venv
+fi
+stamp=.venv/.bench-agent-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "bootstrap: installing bench-agent and its Python packages into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    touch "$stamp"
+fi
