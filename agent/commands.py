@@ -90,6 +90,7 @@ class CommandChannel:
         self._envelope = _validator(ENVELOPE_SCHEMA)
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue()
         self._running: set[asyncio.Task[None]] = set()
+        self._duplicates: dict[str, list[_Request]] = {}  # delivered again while running
         self._accepting = True
 
     def register(self, name: str, handler: Handler, *, args_schema: dict[str, Any] | None = None,
@@ -223,6 +224,8 @@ class CommandChannel:
                                 error=AgentError(f"{type(exc).__name__}: {exc}",
                                                  code="internal_error"))
         await self._send(request, reply, store=True)
+        for duplicate in self._duplicates.pop(request.command_id or "", []):
+            await self._send(duplicate, {**reply, "duplicate": True}, store=False)
 
     async def _resume_unfinished(self) -> None:
         for request in await self._store.run(_unfinished):
@@ -264,7 +267,9 @@ class CommandChannel:
                                 stored: dict[str, Any] | None) -> None:
         self._ack(message)
         if stored is None:
-            log.info("command %s delivered again while still running", request.command_id)
+            log.info("command %s delivered again while still running; it gets the reply "
+                     "when that run ends", request.command_id)
+            self._duplicates.setdefault(request.command_id or "", []).append(request)
             return
         log.info("command %s delivered again; sending its stored reply", request.command_id)
         await self._send(request, {**stored, "duplicate": True}, store=False)

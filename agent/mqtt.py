@@ -141,6 +141,7 @@ class MqttLink:
         self.receive_maximum = 65535
         self.max_packet_size = 268_435_460  # MQTT's own limit until the broker says less
         self.connection = 0
+        self._paho_connection = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gone = asyncio.Event()
         self._closing = False
@@ -182,8 +183,12 @@ class MqttLink:
                       props: Properties | None) -> None:
         receive_max = getattr(props, "ReceiveMaximum", 65535)
         packet_max = getattr(props, "MaximumPacketSize", 268_435_460)
+        if not rc.is_failure:
+            # Counted here, in paho's thread, so that messages arriving right behind the
+            # CONNACK are stamped with this connection's number.
+            self._paho_connection += 1
         self._to_loop(self._connack, rc.value, str(rc), bool(flags.session_present),
-                      receive_max, packet_max)
+                      receive_max, packet_max, self._paho_connection)
 
     def _paho_disconnect(self, _c: Any, _u: Any, _flags: Any, rc: ReasonCode,
                          _props: Properties | None) -> None:
@@ -201,7 +206,7 @@ class MqttLink:
             correlation=getattr(props, "CorrelationData", None),
             expiry_s=getattr(props, "MessageExpiryInterval", None),
             received_at=time.time(),
-            connection=self.connection,
+            connection=self._paho_connection,
         )
         self._to_loop(self._on_message, inbound)
 
@@ -211,12 +216,12 @@ class MqttLink:
 
     # ------------------------------------------------------------ loop thread
     def _connack(self, code: int, reason: str, session_present: bool, receive_max: int,
-                 packet_max: int) -> None:
+                 packet_max: int, connection: int) -> None:
         if code >= 0x80:
             self.last_error = f"broker refused the connection: {reason} ({code:#04x})"
             log.error("%s", self.last_error)
             return
-        self.connection += 1
+        self.connection = connection
         self.receive_maximum = receive_max
         self.max_packet_size = packet_max
         self.state = "connected"
@@ -274,7 +279,7 @@ class MqttLink:
         """Acknowledge a QoS 1 message once it is stored; stale acks are skipped."""
         if message.qos == 0:
             return
-        if message.connection != self.connection or not self.connected.is_set():
+        if message.connection != self.connection or self.state != "connected":
             # The broker redelivers it on the new connection; the id check catches it.
             return
         self._client.ack(message.mid, message.qos)
