@@ -18,6 +18,7 @@ down at boot is normal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -144,7 +145,9 @@ class MqttLink:
         self._paho_connection = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gone = asyncio.Event()
+        self._closed = asyncio.Event()
         self._closing = False
+        self._task: asyncio.Task[None] | None = None
         self._connect_executor = ThreadPoolExecutor(1, thread_name_prefix="bench-mqtt-connect")
         self._client = self._make_client()
 
@@ -248,6 +251,8 @@ class MqttLink:
                 self.last_error = f"connection lost: {reason}"
             if was_connected:
                 log.warning("disconnected from broker: %s", reason)
+            elif self.connection != self._paho_connection or code != 0:
+                log.warning("connection closed before the broker accepted it: %s", reason)
         self._gone.set()
 
     @property
@@ -286,8 +291,9 @@ class MqttLink:
 
     # ------------------------------------------------------------ supervisor
     async def run(self) -> None:
-        """Connect, wait for the connection to end, back off with jitter, forever."""
+        """Connect, wait for the connection to end, back off with jitter, until closed."""
         self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
         self._attempt = 0
         while not self._closing:
             self.state = "connecting"
@@ -300,6 +306,10 @@ class MqttLink:
                 log.warning("cannot connect to %s:%d: %s", self._mqtt.host, self._mqtt.port,
                             self.last_error)
             else:
+                if self._closing:
+                    # No network thread yet: paho writes the DISCONNECT and closes itself.
+                    self._client.disconnect()
+                    break
                 self._client.loop_start()
                 await self._await_connack()
                 await self._gone.wait()
@@ -307,7 +317,9 @@ class MqttLink:
             if self._closing:
                 break
             self._attempt += 1
-            await asyncio.sleep(self._backoff_s(self._attempt))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), self._backoff_s(self._attempt))
+        self.state = "stopped"
 
     def _connect_blocking(self) -> None:
         self._client.will_set(self._status_topic, self._will_payload(), qos=1, retain=True)
@@ -338,22 +350,25 @@ class MqttLink:
         return random.uniform(ceiling / 2, ceiling)
 
     async def close(self, offline_payload: bytes, timeout_s: float = 3.0) -> None:
-        """Say offline (retained), wait for its PUBACK, disconnect cleanly (no Will)."""
+        """Say offline (retained), wait for its PUBACK, disconnect cleanly (no Will).
+
+        The supervisor in :meth:`run` does the rest (stopping paho's thread) and ends.
+        """
         self._closing = True
-        loop = asyncio.get_running_loop()
+        self._closed.set()
         if self.connected.is_set():
             info = self.publish_status(offline_payload)
-            await loop.run_in_executor(self._connect_executor,
-                                       functools.partial(info.wait_for_publish, timeout_s))
+            await asyncio.to_thread(info.wait_for_publish, timeout_s)
             self._client.disconnect()
             try:
                 await asyncio.wait_for(self._gone.wait(), timeout_s)
             except TimeoutError:
                 log.warning("broker did not close the connection in %.0fs", timeout_s)
-        else:
-            self._gone.set()
-        await loop.run_in_executor(self._connect_executor, self._client.loop_stop)
-        self.state = "stopped"
+        self._gone.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=self._mqtt.connect_timeout_s + 1)
+            if not done:
+                self._task.cancel()
         self.connected.clear()
         self._connect_executor.shutdown(wait=False)
 

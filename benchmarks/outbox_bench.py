@@ -10,14 +10,16 @@ in a temporary folder under ``/var/tmp``, and paho clients over TLS. It measures
 
 1. enqueue rate: ``Outbox.enqueue`` awaited one at a time (one fsync each) and
    ``CONCURRENCY`` at once with ``asyncio.gather`` (group commit), with the link down;
-2. delivery rate: a ``Daemon`` whose service enqueues N events as fast as it can, timed
-   from the first ``enqueue()`` to the last arrival at a separate QoS 1 subscriber, beside a
-   plain paho QoS 1 publisher sending the same N payloads of the same size with the same
-   number in flight;
-3. latency from ``enqueue()`` to the subscriber, at a steady rate well below capacity.
+2. delivery rate: a ``Daemon`` whose service enqueues N events from ``CONCURRENCY``
+   producers as fast as it can, timed from the first ``enqueue()`` to the last arrival at
+   a separate QoS 1 subscriber, and a plain paho QoS 1 publisher sending N payloads of the
+   same size with the same number in flight; the two alternate for ``--rounds`` rounds and
+   the medians are compared;
+3. latency from the ``enqueue()`` call to the subscriber, at a steady rate well below
+   capacity, beside the time ``enqueue()`` itself takes (the durable commit).
 
-The subscriber runs in this same process (so ``time.monotonic`` is one clock for both
-ends) and shares the GIL with the producer: the numbers are a floor for the agent alone.
+The subscriber runs in this same process, so ``time.monotonic`` is one clock for both
+ends; it shares the GIL and the CPUs with whichever publisher is measured, alike for both.
 """
 
 from __future__ import annotations
@@ -267,6 +269,8 @@ class Burst:
     """From the first ``enqueue()``/``publish()`` call to the last arrival."""
     committed_s: float
     """Until every ``enqueue()`` (all stored durably) or ``publish()`` call had returned."""
+    cpu_s: float
+    """CPU time of this whole process (every thread, the subscriber's too) meanwhile."""
     payload_bytes: float
     in_order: bool
     duplicates: int
@@ -275,11 +279,16 @@ class Burst:
     def rate(self) -> float:
         return self.events / self.delivered_s
 
+    @property
+    def cpu_per_event_us(self) -> float:
+        return self.cpu_s / self.events * 1e6
 
-def burst_result(start: float, committed_at: float, arrivals: list[Arrival],
-                 duplicates: int) -> Burst:
+
+def burst_result(start: float, committed_at: float, cpu_start: float,
+                 arrivals: list[Arrival], duplicates: int) -> Burst:
+    cpu_s = time.process_time() - cpu_start
     seqs = [json.loads(payload)["seq"] for _, payload in arrivals]
-    return Burst(len(arrivals), arrivals[-1][0] - start, committed_at - start,
+    return Burst(len(arrivals), arrivals[-1][0] - start, committed_at - start, cpu_s,
                  sum(len(payload) for _, payload in arrivals) / len(arrivals),
                  seqs == sorted(seqs), duplicates)
 
@@ -315,14 +324,16 @@ class PlainPublisher:
     def burst(self, seqs: range) -> Burst:
         payloads = [self.envelope(seq) for seq in seqs]
         self._subscriber.expect(len(payloads))
-        start = time.monotonic()
+        cpu_start, start = time.process_time(), time.monotonic()
         infos = [self._client.publish(self._topic, payload, qos=1, properties=self._properties)
                  for payload in payloads]
         published_at = time.monotonic()
         arrivals = self._subscriber.wait()
+        result = burst_result(start, published_at, cpu_start, arrivals,
+                              self._subscriber.duplicates)
         for info in infos:
             info.wait_for_publish(ARRIVAL_TIMEOUT_S)
-        return burst_result(start, published_at, arrivals, self._subscriber.duplicates)
+        return result
 
 
 # ------------------------------------------------------------------ 2+3. through the agent
@@ -391,14 +402,16 @@ class AgentBench:
             for body in pending:  # one shared iterator: each body is taken once
                 await daemon.outbox.enqueue(KIND, body)
 
-        start = time.monotonic()
+        cpu_start, start = time.process_time(), time.monotonic()
         await asyncio.gather(*(producer() for _ in range(CONCURRENCY)))
         committed_at = time.monotonic()
         arrivals = await asyncio.to_thread(self.subscriber.wait)
+        result = burst_result(start, committed_at, cpu_start, arrivals,
+                              self.subscriber.duplicates)
         # Let the PUBACKs' deletions finish, so they are not charged to the next run.
         if not await daemon.outbox.drain(ARRIVAL_TIMEOUT_S):
             raise RuntimeError(f"outbox not drained: {await daemon.outbox.stats()}")
-        return burst_result(start, committed_at, arrivals, self.subscriber.duplicates)
+        return result
 
     async def _steady(self, daemon: Daemon) -> Latency:
         """Enqueue at ``latency_rate`` on a fixed schedule (open loop); time each event."""
@@ -495,6 +508,10 @@ def run(root: Path, events: int, rounds: int, latency_events: int,
           f"; all enqueues returned after {committed_s:.2f}s (median)")
     print(f"  plain paho publisher {plain_rate:9.0f} msgs/s    median of {rates(bench.plain)}")
     print(f"  agent / plain        {agent_rate / plain_rate:9.2f}")
+    agent_cpu = statistics.median(burst.cpu_per_event_us for burst in bench.agent)
+    plain_cpu = statistics.median(burst.cpu_per_event_us for burst in bench.plain)
+    print(f"  process CPU / event  agent {agent_cpu:.0f} us, plain {plain_cpu:.0f} us "
+          f"(median; both include the subscriber)")
     print(f"  payload              agent {bench.agent[0].payload_bytes:.0f} bytes, plain "
           f"{bench.plain[0].payload_bytes:.0f} bytes")
     in_order = all(burst.in_order for burst in bench.agent)
@@ -504,8 +521,10 @@ def run(root: Path, events: int, rounds: int, latency_events: int,
 
     latency = bench.latency
     e2e, commit = latency.end_to_end_ms, latency.commit_ms
+    achieved = ("n/a" if math.isnan(latency.achieved_rate)
+                else f"{latency.achieved_rate:.0f}/s")
     print(f"\n3. latency, {latency.events} events at {latency.rate:.0f}/s (achieved "
-          f"{latency.achieved_rate:.0f}/s)")
+          f"{achieved})")
     print(f"  enqueue -> received  p50 {percentile(e2e, 0.50):6.2f} ms   p99 "
           f"{percentile(e2e, 0.99):6.2f} ms   max {e2e[-1]:6.2f} ms")
     print(f"  enqueue -> returned  p50 {percentile(commit, 0.50):6.2f} ms   p99 "

@@ -43,6 +43,7 @@ class CentralSystem:
     def __init__(self, port: int, ca: Path, *, host: str = "localhost",
                  client_id: str | None = None, cert: Path | None = None,
                  key: Path | None = None, protocol: int = paho.MQTTv5,
+                 username: tuple[str, str] | None = None,
                  session_expiry_s: int = 0, root: str = "benchagent/v1") -> None:
         self.root = root
         self._host, self._port = host, port
@@ -55,6 +56,8 @@ class CentralSystem:
         if cert and key:
             context.load_cert_chain(str(cert), str(key))
         self.client.tls_set_context(context)
+        if username is not None:
+            self.client.username_pw_set(*username)
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._connected = threading.Event()
