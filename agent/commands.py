@@ -40,6 +40,8 @@ ENVELOPE_SCHEMA: dict[str, Any] = json.loads(
     resources.files("agent.schemas").joinpath("command.json").read_text()
 )
 _NO_ARGS: dict[str, Any] = {"type": "object", "additionalProperties": False}
+_PRUNE_EVERY_S = 3600.0
+"""How often command ids older than ``storage.command_retention_s`` are forgotten."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class CommandChannel:
         self._running: set[asyncio.Task[None]] = set()
         self._duplicates: dict[str, list[_Request]] = {}  # delivered again while running
         self._accepting = True
+        self._pruned_at = -_PRUNE_EVERY_S  # prune with the first command
 
     def register(self, name: str, handler: Handler, *, args_schema: dict[str, Any] | None = None,
                  action: bool = False) -> None:
@@ -110,10 +113,13 @@ class CommandChannel:
 
     async def run(self) -> None:
         """Handle messages one at a time (record order = arrival order); run them as tasks."""
-        await self._prune()
         await self._resume_unfinished()
         while True:
             message = await self._queue.get()
+            if not self._accepting:
+                continue  # unacknowledged: the broker delivers it again next time
+            if time.monotonic() - self._pruned_at > _PRUNE_EVERY_S:
+                await self._prune()
             try:
                 await self._receive(message)
             except OutboxFull as exc:
@@ -133,15 +139,15 @@ class CommandChannel:
         name = self._topics.command_name(message.topic) or "?"
         request = _Request(name, None, message.received_at, self._topics.reply,
                            message.correlation, {})
-        if message.response_topic is not None:
-            if not self._topics.is_reply_topic(message.response_topic):
-                await self._refuse(message, request, CommandError(
-                    f"Response Topic {message.response_topic!r} is outside "
-                    f"{self._topics.reply}/#", code="invalid_reply_topic"))
-                return
+        response_ok = message.response_topic is None or self._topics.is_reply_topic(
+            message.response_topic)
+        if message.response_topic is not None and response_ok:
             request.reply_topic = message.response_topic
         try:
             self._parse(message, request)
+            if not response_ok:
+                raise CommandError(f"Response Topic {message.response_topic!r} is outside "
+                                   f"{self._topics.reply}/#", code="invalid_reply_topic")
         except CommandError as exc:
             await self._refuse(message, request, exc)
             return
@@ -186,11 +192,15 @@ class CommandChannel:
             deadlines.append(message.received_at + message.expiry_s)
         if "expires_at" in body:
             try:
-                deadlines.append(datetime.fromisoformat(body["expires_at"]).timestamp())
+                expires_at = datetime.fromisoformat(body["expires_at"])
             except ValueError as exc:
                 raise CommandError(f"expires_at {body['expires_at']!r} is not an RFC 3339 "
                                    "time such as 2026-11-22T10:00:00Z",
                                    code="invalid_command") from exc
+            if expires_at.tzinfo is None:
+                raise CommandError(f"expires_at {body['expires_at']!r} has no UTC offset; "
+                                   "add Z or +HH:MM", code="invalid_command")
+            deadlines.append(expires_at.timestamp())
         request.expires_at = min(deadlines) if deadlines else None
 
     def _check(self, request: _Request) -> Command:
@@ -223,9 +233,15 @@ class CommandChannel:
             reply = self._reply(request, ok=False,
                                 error=AgentError(f"{type(exc).__name__}: {exc}",
                                                  code="internal_error"))
-        await self._send(request, reply, store=True)
-        for duplicate in self._duplicates.pop(request.command_id or "", []):
-            await self._send(duplicate, {**reply, "duplicate": True}, store=False)
+        duplicates = self._duplicates.pop(request.command_id or "", [])
+        try:
+            await self._send(request, reply, store=True)
+            for duplicate in duplicates:
+                await self._send(duplicate, {**reply, "duplicate": True}, store=False)
+        except AgentError as exc:
+            # The command stays 'received' in the store and runs again at the next start.
+            log.error("reply to command %s (%s) could not be stored: %s", request.name,
+                      request.command_id, exc)
 
     async def _resume_unfinished(self) -> None:
         for request in await self._store.run(_unfinished):
@@ -265,14 +281,15 @@ class CommandChannel:
 
     async def _answer_duplicate(self, message: Inbound, request: _Request,
                                 stored: dict[str, Any] | None) -> None:
-        self._ack(message)
         if stored is None:
+            self._ack(message)
             log.info("command %s delivered again while still running; it gets the reply "
                      "when that run ends", request.command_id)
             self._duplicates.setdefault(request.command_id or "", []).append(request)
             return
         log.info("command %s delivered again; sending its stored reply", request.command_id)
         await self._send(request, {**stored, "duplicate": True}, store=False)
+        self._ack(message)
 
     async def _send(self, request: _Request, reply: dict[str, Any], *, store: bool) -> None:
         also = None
@@ -284,6 +301,7 @@ class CommandChannel:
                                    also=also)
 
     async def _prune(self) -> None:
+        self._pruned_at = time.monotonic()
         cutoff = time.time() - self._retention_s
         await self._store.run(lambda db: db.execute(
             "DELETE FROM commands WHERE received_at < ? AND state = 'done'", (cutoff,)))

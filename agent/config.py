@@ -10,6 +10,7 @@ their own file here and never appear in ``repr`` or logs.
 from __future__ import annotations
 
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -215,6 +216,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
 
 def _check_files(config: Config) -> None:
+    """The TLS files exist and load: a bad PEM is a config error, not a crash later."""
     tls = config.mqtt.tls
     for key, file in (
         ("mqtt.tls.ca_file", tls.ca_file),
@@ -223,6 +225,18 @@ def _check_files(config: Config) -> None:
     ):
         if file is not None and not file.is_file():
             raise ConfigError(f"{config.source}: {key}: file {file} does not exist")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=None)
+    try:
+        context.load_verify_locations(cafile=str(tls.ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"{config.source}: mqtt.tls.ca_file: {tls.ca_file} is not a "
+                          f"readable PEM CA certificate: {exc}") from exc
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=lambda: "")
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"{config.source}: mqtt.tls.cert_file/key_file: cannot load "
+                              f"the client certificate and its unencrypted key: {exc}") from exc
 
 
 def _read_secret(source: Path, key: str, file: Path) -> str:
@@ -240,13 +254,16 @@ def _describe(exc: ValidationError, source: Path) -> str:
         key = ".".join(loc) or "(top level)"
         kind = error["type"]
         if kind == "extra_forbidden":
-            allowed = ", ".join(_allowed_keys(error["loc"][:-1]))
+            allowed = ", ".join(_allowed_keys(error["loc"][:-1])) or "(no keys yet)"
             lines.append(f"{source}: {key}: unknown key; allowed here: {allowed}")
         elif kind == "missing":
             lines.append(f"{source}: {key}: required key is missing")
         else:
-            got = error.get("input")
-            lines.append(f"{source}: {key}: {error['msg']} (got {got!r})")
+            message = error["msg"].removeprefix("Value error, ")
+            if kind == "value_error":  # a rule between keys: the input is the whole section
+                lines.append(f"{source}: {key}: {message}")
+            else:
+                lines.append(f"{source}: {key}: {message} (got {error.get('input')!r})")
     return "\n".join(lines)
 
 

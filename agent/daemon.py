@@ -216,6 +216,10 @@ class Daemon:
 
     # ------------------------------------------------------------ built-in commands
     async def _cmd_state_resend(self, _args: dict[str, Any]) -> dict[str, Any]:
+        if not self.link.connected.is_set():
+            # Only reachable for a command recorded before a restart; the birth message
+            # after the next CONNACK is the resend.
+            return {"republished": [], "note": "not connected; the birth message follows"}
         await self.publish_status()
         return {"republished": ["status"]}
 

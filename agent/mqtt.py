@@ -358,7 +358,8 @@ class MqttLink:
         self._closed.set()
         if self.connected.is_set():
             info = self.publish_status(offline_payload)
-            await asyncio.to_thread(info.wait_for_publish, timeout_s)
+            await asyncio.get_running_loop().run_in_executor(
+                self._connect_executor, info.wait_for_publish, timeout_s)
             self._client.disconnect()
             try:
                 await asyncio.wait_for(self._gone.wait(), timeout_s)

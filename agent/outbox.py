@@ -3,8 +3,9 @@
 An event is committed to SQLite (see :mod:`agent.store` for the fsync policy) before
 :meth:`Outbox.enqueue` returns, published with QoS 1 in ``seq`` order, and deleted only
 after the broker's PUBACK carries a success reason code. A PUBACK with a failure code
-marks the event ``rejected``: it is kept, counted in the status and raised as an alarm,
-and the events behind it go on (one refused event must not stop the bench's reports).
+marks the event ``rejected``: it is kept on disk, counted in the status
+(``outbox.rejected`` with ``last_rejection``) and logged as an error, and the events
+behind it go on (one refused event must not stop the bench's reports).
 
 Bound: ``storage.outbox_max_events`` and ``storage.outbox_max_bytes``. When a new event
 does not fit, the oldest telemetry goes first, then the oldest normal events (never more
@@ -304,7 +305,8 @@ class Outbox:
             "code": self.alarm,
             "message": (
                 f"outbox full: dropped {self.dropped['telemetry']} telemetry and "
-                f"{self.dropped['normal']} normal events, refused {self.refused} critical"
+                f"{self.dropped['normal']} normal events, refused {self.refused} that could "
+                "not be dropped"
             ),
             "since": iso_time(self._alarm_since),
         }]
@@ -406,9 +408,9 @@ class Outbox:
         log.error("outbox event seq %d not delivered and set aside: %s", seq, error)
 
         def _mark(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE outbox SET state = 'rejected', error = ? WHERE seq = ?",
-                       (error, seq))
-            self.rejected += 1
+            updated = db.execute("UPDATE outbox SET state = 'rejected', error = ? WHERE seq = ?",
+                                 (error, seq)).rowcount
+            self.rejected += updated  # 0 when the event was evicted while in flight
 
         async def _mark_and_report() -> None:
             await self._store.run(_mark)

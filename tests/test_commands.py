@@ -77,6 +77,8 @@ def test_state_resend_republishes_the_birth_message(online: AgentProcess,
     ("status.get", {"id": "e-1", "expires_at": "2020-01-01T00:00:00Z"}, "expired",
      "2020-01-01T00:00:00"),
     ("status.get", {"id": "e-2", "expires_at": "next tuesday"}, "invalid_command", "RFC 3339"),
+    ("status.get", {"id": "e-3", "expires_at": "2030-01-01T00:00:00"}, "invalid_command",
+     "no UTC offset"),
     ("status.get", {"id": "big", "args": {"pad": "x" * 4000}}, "too_large", "limit is 2048"),
 ])
 def test_bad_commands_get_an_error_reply_that_says_what_was_wrong(
@@ -112,6 +114,7 @@ def test_a_response_topic_outside_the_bench_reply_topic_is_refused(
                  response_topic="benchagent/v1/sh01/OTHER/reply", correlation=b"r-1")
     reply = central.wait_for(lambda m: m.topic == f"{PREFIX}/reply" and m.correlation == b"r-1")
     data = reply[0].json["data"]
+    assert data["command_id"] == "r-1"
     assert data["error"]["code"] == "invalid_reply_topic"
     assert "OTHER" in data["error"]["message"]
 

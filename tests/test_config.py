@@ -131,3 +131,17 @@ def test_the_daemon_refuses_to_start_on_a_bad_config(tmp_path: Path, pki: Pki) -
     assert result.returncode == 2
     assert "log.level" in result.stderr and "'debug', 'info', 'warning' or 'error'" \
         in result.stderr
+
+
+def test_a_ca_file_that_is_not_pem_is_a_config_error_not_a_crash(tmp_path: Path,
+                                                                  pki: Pki) -> None:
+    (tmp_path / "ca.crt").write_text("this is not a certificate\n")
+    message = _error(_write(tmp_path, pki, mqtt={"tls": {"ca_file": "ca.crt"}}))
+    assert "mqtt.tls.ca_file" in message and "not a readable PEM CA certificate" in message
+
+
+def test_a_rule_between_keys_reads_plainly(tmp_path: Path, pki: Pki) -> None:
+    tls = {"ca_file": str(pki.ca), "cert_file": str(pki.clients["bench"].cert)}
+    message = _error(_write(tmp_path, pki, mqtt={"tls": tls}))
+    assert message.endswith("mqtt.tls: cert_file and key_file must be given together "
+                            "(mutual TLS)")
