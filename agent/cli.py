@@ -1,7 +1,7 @@
 """``bench-agent``: run the daemon, check a config, print the version.
 
 Exit codes: 0 success, 1 the daemon failed at run time, 2 bad usage or invalid config.
-The technician's diagnostics commands talk to the running daemon (see ``docs/cli.md``).
+See ``docs/cli.md``.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ class AgentConfig(_Section):
 
 
 class DeviceConfig(_Section):
-    """One device. The per-kind keys grow as drivers land (see ``docs/devices.md``)."""
+    """One device. The per-kind keys grow as drivers land (see ``docs/configuration.md``)."""
 
     kind: Literal["scanner", "scale", "printer", "camera", "signal"]
     connection: str

@@ -1,0 +1,31 @@
+"""The README's demo command works end to end, and the CLI's small commands answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from agent import __version__
+from tests.harness import ROOT
+
+
+def test_the_demo_brings_a_bench_online_answers_commands_and_stops_cleanly(
+        tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "simulators.demo", "--dir", str(tmp_path), "--duration", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "[central] status online (session 1" in out
+    assert "reply to status.get" in out and "reply to state.resend" in out
+    assert "[central] status offline (session 1, reason shutdown" in out
+    assert "agent exited with 0" in out
+
+
+def test_version_prints_the_agent_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "version", "--json"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"version": __version__}
