@@ -30,6 +30,7 @@ from agent.errors import AgentError, CommandError, OutboxFull
 from agent.mqtt import Inbound
 from agent.outbox import Outbox, Priority, iso_time
 from agent.store import Store
+from agent.tasks import spawn
 from agent.topics import Topics
 
 log = logging.getLogger("agent.commands")
@@ -216,8 +217,7 @@ class CommandChannel:
 
     # ------------------------------------------------------------ running
     def _start(self, command: Command, request: _Request) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._execute(command, request), name=f"command.{request.name}")
+        task = spawn(self._execute(command, request), name=f"command.{request.name}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 

@@ -27,7 +27,7 @@ from agent.mqtt import Inbound, MqttLink, dumps
 from agent.outbox import Outbox, iso_time
 from agent.store import Store, meta_add, meta_get
 from agent.systemd import Notifier
-from agent.tasks import spawn
+from agent.tasks import set_prefix, spawn, task_name
 from agent.topics import Topics
 
 log = logging.getLogger("agent.daemon")
@@ -49,6 +49,7 @@ class Daemon:
         self.services = list(services)
         bench = config.bench
         self.task_prefix = f"bench[{bench.site}/{bench.id}]"
+        set_prefix(self.task_prefix)
         self.topics = Topics(config.mqtt.topic_root, bench.site, bench.id)
         self.store = Store(config.storage.dir / "agent.db")
         self.outbox = Outbox(
@@ -94,13 +95,13 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self.link.run(), name=self._name("mqtt.link")),
-                    group.create_task(self.outbox.run(self.link), name=self._name("outbox")),
-                    group.create_task(self.commands.run(), name=self._name("commands")),
-                    group.create_task(self._refresh_status(), name=self._name("status")),
-                    group.create_task(self._watchdog(), name=self._name("watchdog")),
+                    group.create_task(self.link.run(), name=task_name("mqtt.link")),
+                    group.create_task(self.outbox.run(self.link), name=task_name("outbox")),
+                    group.create_task(self.commands.run(), name=task_name("commands")),
+                    group.create_task(self._refresh_status(), name=task_name("status")),
+                    group.create_task(self._watchdog(), name=task_name("watchdog")),
                 ]
-                services = [group.create_task(s.run(self), name=self._name(s.name))
+                services = [group.create_task(s.run(self), name=task_name(s.name))
                             for s in self.services]
                 self.notifier.notify("READY=1", f"STATUS=bench {self.task_prefix} running")
                 log.info("bench-agent %s started for %s (config %s)", __version__,
@@ -133,9 +134,6 @@ class Daemon:
             log.warning("stopping with %d events still in the outbox; they are sent at the "
                         "next start", self.outbox.count)
         await self.link.close(dumps(await self.status_snapshot("offline", "shutdown")))
-
-    def _name(self, what: str) -> str:
-        return f"{self.task_prefix}.{what}"
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval_s()
@@ -206,7 +204,7 @@ class Daemon:
 
     def _status_soon(self) -> None:
         if self.link.connected.is_set():
-            spawn(self.publish_status(), name=self._name("status.alarm"))
+            spawn(self.publish_status(), name="status.alarm")
 
     async def _refresh_status(self) -> None:
         while True:

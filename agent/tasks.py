@@ -10,11 +10,22 @@ from typing import Any
 log = logging.getLogger("agent.tasks")
 
 _background: set[asyncio.Task[Any]] = set()
+_prefix = ""
+
+
+def set_prefix(prefix: str) -> None:
+    """Name every task after its bench (``bench[site/id].what``); the daemon sets it."""
+    global _prefix
+    _prefix = prefix
+
+
+def task_name(what: str) -> str:
+    return f"{_prefix}.{what}" if _prefix else what
 
 
 def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
     """Start ``coro`` as a named task; keep a reference so it is not garbage-collected."""
-    task = asyncio.get_running_loop().create_task(coro, name=name)
+    task = asyncio.get_running_loop().create_task(coro, name=task_name(name))
     _background.add(task)
     task.add_done_callback(_finished)
     return task
