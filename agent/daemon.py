@@ -23,8 +23,8 @@ from typing import Any, Protocol
 from agent import __version__
 from agent.commands import CommandChannel
 from agent.config import Config
-from agent.mqtt import Inbound, MqttLink, dumps
-from agent.outbox import Outbox, iso_time
+from agent.mqtt import Inbound, MqttLink
+from agent.outbox import Outbox, dumps, iso_time
 from agent.store import Store, meta_add, meta_get
 from agent.systemd import Notifier
 from agent.tasks import set_prefix, spawn, task_name

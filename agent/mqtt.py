@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import random
 import ssl
@@ -385,8 +384,3 @@ class MqttLink:
             "max_packet_size": self.max_packet_size,
             "window": self.window,
         }
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON, the encoding of every message the agent sends."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()

@@ -78,6 +78,11 @@ class Event:
     correlation: bytes | None = None
 
 
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, the encoding of every message the agent sends."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def iso_time(ts: float) -> str:
     """RFC 3339 UTC with milliseconds, the one time format of every message."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
@@ -178,7 +183,7 @@ class Outbox:
         Raises:
             OutboxFull: a normal or critical event found no room (nothing evictable left).
         """
-        body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        body = dumps(data)
         loop = asyncio.get_running_loop()
         request = _Request(kind, topic or self._event_topic(kind), priority, body, correlation,
                            also, loop.create_future())
