@@ -25,12 +25,13 @@ from pydantic import (
     model_validator,
 )
 
+from agent.devices.settings import DEVICE_KINDS, SETTINGS_BY_KIND, DeviceSettings
 from agent.errors import ConfigError
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
 """Site, bench and device names: they become MQTT topic levels, so no ``/``, ``+``, ``#``."""
 
-DEVICE_KINDS = ("scanner", "scale", "printer", "camera", "signal")
+__all__ = ["DEVICE_KINDS", "Config", "ConfigError", "load_config", "parse_config"]
 
 
 class _Section(BaseModel):
@@ -117,15 +118,6 @@ class AgentConfig(_Section):
     """On SIGTERM, how long to keep delivering the outbox backlog before disconnecting."""
 
 
-class DeviceConfig(_Section):
-    """One device. The per-kind keys grow as drivers land (see ``docs/configuration.md``)."""
-
-    kind: Literal["scanner", "scale", "printer", "camera", "signal"]
-    connection: str
-    role: str | None = None
-    enabled: bool = True
-
-
 class JobsConfig(_Section):
     """The bench's jobs (pack verification, print jobs, diagnostics); filled by later work."""
 
@@ -139,17 +131,30 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     status: StatusConfig = StatusConfig()
     agent: AgentConfig = AgentConfig()
-    devices: dict[str, DeviceConfig] = {}
+    devices: dict[str, DeviceSettings] = {}
     jobs: JobsConfig = JobsConfig()
     source: Path = Field(default=Path("<memory>"), exclude=True)
 
     @field_validator("devices")
     @classmethod
-    def _device_names(cls, devices: dict[str, DeviceConfig]) -> dict[str, DeviceConfig]:
+    def _device_names(cls, devices: dict[str, DeviceSettings]) -> dict[str, DeviceSettings]:
         for name in devices:
             if not re.match(_NAME, name):
                 raise ValueError(f"device name {name!r} must match {_NAME}")
         return devices
+
+    @model_validator(mode="after")
+    def _one_driver_per_port(self) -> Config:
+        owners: dict[str, str] = {}
+        for name, device in self.devices.items():
+            if not device.enabled:
+                continue
+            resource = device.conn.resource
+            if resource in owners:
+                raise ValueError(f"devices.{name}.connection: {device.connection} is the port "
+                                 f"of device {owners[resource]!r}; one driver owns a port")
+            owners[resource] = name
+        return self
 
     @property
     def client_id(self) -> str:
@@ -250,7 +255,7 @@ def _describe(exc: ValidationError, source: Path) -> str:
     """One line per problem: ``file: dotted.key: what is wrong; what is allowed``."""
     lines = []
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
+        loc = _strip_kind_tags(error["loc"])
         key = ".".join(loc) or "(top level)"
         kind = error["type"]
         if kind == "extra_forbidden":
@@ -258,6 +263,13 @@ def _describe(exc: ValidationError, source: Path) -> str:
             lines.append(f"{source}: {key}: unknown key; allowed here: {allowed}")
         elif kind == "missing":
             lines.append(f"{source}: {key}: required key is missing")
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            got = error.get("input", {}).get("kind") if isinstance(error.get("input"), dict) \
+                else None
+            lines.append(f"{source}: {key}.kind: must be one of {', '.join(DEVICE_KINDS)} "
+                         f"(got {got!r})")
+        elif kind == "value_error" and not loc:  # a rule across sections names its own key
+            lines.append(f"{source}: {error['msg'].removeprefix('Value error, ')}")
         else:
             message = error["msg"].removeprefix("Value error, ")
             if kind == "value_error":  # a rule between keys: the input is the whole section
@@ -267,18 +279,27 @@ def _describe(exc: ValidationError, source: Path) -> str:
     return "\n".join(lines)
 
 
+def _strip_kind_tags(loc: tuple[int | str, ...]) -> list[str]:
+    """Drop pydantic's union tag: ``devices.s1.scale.protocol`` -> ``devices.s1.protocol``."""
+    parts = [str(part) for part in loc]
+    if len(parts) >= 3 and parts[0] == "devices" and parts[2] in DEVICE_KINDS:
+        del parts[2]
+    return parts
+
+
 def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
     """The field names of the section at ``loc``, for 'unknown key' messages."""
+    if len(loc) >= 3 and loc[0] == "devices" and str(loc[2]) in SETTINGS_BY_KIND:
+        names = list(SETTINGS_BY_KIND[str(loc[2])].model_fields)
+        return ["kind", *(name for name in names if name != "kind")]
     model: Any = Config
     for part in loc:
         field = model.model_fields.get(str(part)) if isinstance(part, str) else None
         if field is None:
-            # A dict of named sections (devices.NAME): the value model is the dict's.
-            model = DeviceConfig
-            continue
+            return []
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
-        elif getattr(annotation, "__origin__", None) is dict:
-            model = DeviceConfig
+        else:
+            return []
     return [name for name, f in model.model_fields.items() if not f.exclude]

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -38,7 +37,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import Config
 from agent.outbox import iso_time
-from agent.tasks import spawn
+from agent.tasks import jittered_backoff_s, spawn
 
 log = logging.getLogger("agent.mqtt")
 
@@ -317,7 +316,9 @@ class MqttLink:
                 break
             self._attempt += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self._backoff_s(self._attempt))
+                delay_s = jittered_backoff_s(self._attempt, self._mqtt.reconnect_min_s,
+                                             self._mqtt.reconnect_max_s)
+                await asyncio.wait_for(self._closed.wait(), delay_s)
         self.state = "stopped"
 
     def _connect_blocking(self) -> None:
@@ -341,12 +342,6 @@ class MqttLink:
             self.last_error = "no CONNACK from the broker in time"
             log.warning("%s; reconnecting", self.last_error)
             self._client.disconnect()
-
-    def _backoff_s(self, attempt: int) -> float:
-        """Equal-jitter exponential backoff: spreads a fleet's reconnects after an outage."""
-        ceiling = min(self._mqtt.reconnect_max_s,
-                      self._mqtt.reconnect_min_s * 2 ** min(attempt - 1, 20))
-        return random.uniform(ceiling / 2, ceiling)
 
     async def close(self, offline_payload: bytes, timeout_s: float = 3.0) -> None:
         """Say offline (retained), wait for its PUBACK, disconnect cleanly (no Will).

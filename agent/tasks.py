@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Coroutine
 from typing import Any
 
@@ -35,3 +36,13 @@ def _finished(task: asyncio.Task[Any]) -> None:
     _background.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def jittered_backoff_s(attempt: int, min_s: float, max_s: float) -> float:
+    """Equal-jitter exponential backoff for retry ``attempt`` (1, 2, ...).
+
+    Half the ceiling is kept, the other half is random, so a fleet of benches that lost
+    the same broker or a bench with several unplugged devices do not retry in step.
+    """
+    ceiling = min(max_s, min_s * 2 ** min(max(attempt, 1) - 1, 20))
+    return random.uniform(ceiling / 2, ceiling)

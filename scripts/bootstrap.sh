@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bench-agent needs, idempotently: Debian packages (mosquitto, a Python
-# 3.11+ with venv) via apt-get when missing, then the virtualenv .venv with the project
+# 3.11+ with venv, libzbar0 for pyzbar, a C compiler and headers for evdev's extension)
+# via apt-get when missing, then the virtualenv .venv with the project
 # and its dev tools. Safe to run again; it does nothing when all is in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,19 @@ if [ -z "$python" ]; then
     python=python3.11
 elif ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt_packages+=("$(basename "$python")-venv")
+fi
+
+# pyzbar loads libzbar.so.0 at import; evdev builds a C extension against the kernel's
+# input headers and the chosen Python's headers.
+ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || apt_packages+=(libzbar0)
+command -v gcc >/dev/null 2>&1 || apt_packages+=(gcc)
+[ -f /usr/include/linux/input.h ] || apt_packages+=(linux-libc-dev)
+has_headers='import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+if [ "$python" = python3.11 ] && ! command -v python3.11 >/dev/null 2>&1; then
+    apt_packages+=(python3.11-dev)
+elif ! "$python" -c "$has_headers" 2>/dev/null; then
+    apt_packages+=("$(basename "$python")-dev")
 fi
 
 if [ ${#apt_packages[@]} -gt 0 ]; then

@@ -52,9 +52,11 @@ def bench_config(tmp: Path, port: int, ca: Path, *, site: str = "sh01", bench: s
         "storage": {"dir": str(tmp / "state")},
         "status": {"interval_s": 5.0},
         "agent": {"shutdown_flush_s": 3.0},
-        "devices": {"scale1": {"kind": "scale", "connection": "serial:///dev/ttyUSB0?baud=9600"},
-                    "label": {"kind": "printer", "connection": "tcp://127.0.0.1:9100",
-                              "role": "label"}},
+        # Listed in the status but not driven: tests of devices configure their own.
+        "devices": {"scale1": {"kind": "scale", "protocol": "mt-sics", "enabled": False,
+                               "connection": "serial:///dev/ttyUSB0?baud=9600"},
+                    "label": {"kind": "printer", "language": "zpl", "enabled": False,
+                              "connection": "tcp://127.0.0.1:9100", "role": "label"}},
     }
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(doc.get(section), dict):

@@ -41,10 +41,12 @@ def test_an_unknown_key_is_named_with_the_keys_allowed_there(tmp_path: Path, pki
 
 
 def test_an_unknown_device_key_lists_the_device_keys(tmp_path: Path, pki: Pki) -> None:
-    devices = {"scale1": {"kind": "scale", "connection": "serial:///dev/ttyS0", "baud": 9600}}
+    devices = {"scale1": {"kind": "scale", "protocol": "mt-sics",
+                          "connection": "serial:///dev/ttyS0", "baud": 9600}}
     message = _error(_write(tmp_path, pki, devices=devices))
     assert "devices.scale1.baud: unknown key; allowed here: kind, connection, role, enabled" \
         in message
+    assert "protocol, poll_interval_ms" in message
 
 
 def test_a_wrong_type_names_the_key_and_the_value(tmp_path: Path, pki: Pki) -> None:
@@ -60,7 +62,8 @@ def test_an_out_of_range_value_says_the_range(tmp_path: Path, pki: Pki) -> None:
 def test_a_wrong_device_kind_lists_the_kinds(tmp_path: Path, pki: Pki) -> None:
     message = _error(_write(tmp_path, pki, devices={"x": {"kind": "toaster",
                                                           "connection": "tcp://h:1"}}))
-    assert "devices.x.kind" in message and "'scanner', 'scale', 'printer'" in message
+    assert "devices.x.kind: must be one of scanner, scale, printer, camera, signal " \
+        "(got 'toaster')" in message
 
 
 def test_a_missing_required_key_is_named(tmp_path: Path, pki: Pki) -> None:

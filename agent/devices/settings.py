@@ -1,0 +1,163 @@
+"""The ``[devices.NAME]`` config sections, one model per device kind.
+
+Part of the config loader (:mod:`agent.config`): validated once at startup, frozen, and
+an unknown key or a bad value names the device and the key. ``kind`` picks the model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.devices.connection import Connection, parse_connection
+
+DEVICE_KINDS = ("scanner", "scale", "printer", "camera", "signal")
+SCALE_PROTOCOLS = ("mt-sics", "toledo-8217", "scp-01", "continuous", "hid-pos")
+PRINTER_LANGUAGES = ("zpl", "tspl", "epl", "escpos")
+BARCODE_FORMATS = (
+    "ean13", "ean8", "upca", "upce", "code128", "code39", "code93", "codabar", "itf",
+    "databar", "databar_expanded", "qrcode", "datamatrix", "pdf417", "aztec",
+)
+
+
+class _DeviceBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    connection: str
+    """Where the device is; see ``docs/devices.md`` for the forms."""
+    role: str | None = None
+    """What the bench uses it for (``label``, ``slip``, ``packing``...); jobs find it by role."""
+    enabled: bool = True
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @field_validator("connection")
+    @classmethod
+    def _connection_parses(cls, value: str) -> str:
+        parse_connection(cls._kind(), value)
+        return value
+
+    @classmethod
+    def _kind(cls) -> str:
+        kind: str = cls.model_fields["kind"].default
+        return kind
+
+    @model_validator(mode="after")
+    def _reconnect_bounds(self) -> _DeviceBase:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+    @property
+    def kind_name(self) -> str:
+        return self._kind()
+
+    @property
+    def conn(self) -> Connection:
+        return parse_connection(self._kind(), self.connection)
+
+
+class ScannerSettings(_DeviceBase):
+    """A barcode scanner: keyboard wedge (``evdev://``) or serial/USB-CDC (``serial://``)."""
+
+    kind: Literal["scanner"] = "scanner"
+    layout: Literal["us", "de", "fr"] = "us"
+    """Keyboard layout the wedge scanner is set to (its "country"): picks the keymap."""
+    terminator: Literal["enter", "tab", "either"] = "either"
+    """Key that ends a wedge scan."""
+    framing: Literal["cr", "lf", "crlf", "any"] = "any"
+    """Line ending of a serial scanner; ``any`` takes CR, LF or CRLF."""
+    inter_char_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
+    """A partial scan with no key or byte for this long is discarded (and reported)."""
+    grab: bool = True
+    """Grab the input device exclusively so scans never reach a console or login prompt."""
+    aim_ids: bool = True
+    """The scanner prefixes AIM symbology identifiers (``]C1``): strip and report them."""
+    max_length: Annotated[int, Field(ge=8, le=65536)] = 4096
+
+
+class ScaleSettings(_DeviceBase):
+    """A scale: serial protocol by name, or a USB HID POS scale (``usb://VID:PID``)."""
+
+    kind: Literal["scale"] = "scale"
+    protocol: Literal["mt-sics", "toledo-8217", "scp-01", "continuous", "hid-pos"]
+    poll_interval_ms: Annotated[int, Field(ge=20, le=10_000)] = 200
+    """How often a polled scale is asked for its weight."""
+    reply_timeout_ms: Annotated[int, Field(ge=50, le=30_000)] = 1000
+    stable_count: Annotated[int, Field(ge=1, le=100)] = 3
+    """Stability rule: this many stable readings in a row, equal within ``stable_band_g``."""
+    stable_band_g: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+    empty_below_g: Annotated[float, Field(ge=0, le=100_000)] = 5.0
+    """A reading below this means the pan is empty: the next settled weight is a new parcel."""
+
+    @model_validator(mode="after")
+    def _protocol_matches_connection(self) -> ScaleSettings:
+        usb = self.conn.scheme == "usb"
+        if usb != (self.protocol == "hid-pos"):
+            raise ValueError("protocol hid-pos goes with a usb://VID:PID connection, and "
+                             "the serial protocols with serial:// or tcp://")
+        return self
+
+
+class PrinterSettings(_DeviceBase):
+    """A label or receipt printer; ``language`` is what it speaks."""
+
+    kind: Literal["printer"] = "printer"
+    language: Literal["zpl", "tspl", "epl", "escpos"]
+    status_interval_s: Annotated[float, Field(ge=0.2, le=3600)] = 10.0
+    """How often the printer is asked for its status while idle."""
+    status_timeout_ms: Annotated[int, Field(ge=50, le=30_000)] = 2000
+    """A printer that does not answer its status request in time is ``status_unknown``."""
+    dpi: Literal[152, 200, 203, 300, 600] = 203
+    width_mm: Annotated[float, Field(gt=0, le=300)] = 100.0
+    escpos_profile: str | None = None
+    """python-escpos capability profile (``TM-T88V``...); none means the generic one."""
+
+
+class CameraSettings(_DeviceBase):
+    """A camera: any source OpenCV opens."""
+
+    kind: Literal["camera"] = "camera"
+    decoder: Literal["zxing", "pyzbar"] = "zxing"
+    formats: tuple[str, ...] = ("ean13", "ean8", "upca", "upce", "code128", "qrcode",
+                                "datamatrix")
+    width: Annotated[int, Field(ge=16, le=8192)] | None = None
+    height: Annotated[int, Field(ge=16, le=8192)] | None = None
+    fps: Annotated[float, Field(gt=0, le=240)] | None = None
+    jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 90
+    frame_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5000
+    """No new frame for this long means the camera is gone."""
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _formats(cls, value: object) -> object:
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple):
+            unknown = [v for v in value if v not in BARCODE_FORMATS]
+            if unknown:
+                raise ValueError(f"unknown barcode formats {unknown}; allowed: "
+                                 f"{', '.join(BARCODE_FORMATS)}")
+            if not value:
+                raise ValueError("formats must name at least one barcode format")
+        return value
+
+
+class SignalSettings(_DeviceBase):
+    """A stack light or buzzer (driven by the pack job)."""
+
+    kind: Literal["signal"] = "signal"
+
+
+DeviceSettings = Annotated[
+    ScannerSettings | ScaleSettings | PrinterSettings | CameraSettings | SignalSettings,
+    Field(discriminator="kind"),
+]
+SETTINGS_BY_KIND: dict[str, type[_DeviceBase]] = {
+    "scanner": ScannerSettings,
+    "scale": ScaleSettings,
+    "printer": PrinterSettings,
+    "camera": CameraSettings,
+    "signal": SignalSettings,
+}
