@@ -1,4 +1,4 @@
-"""``bench-agent``: run the daemon, check a config, print the version.
+"""``bench-agent``: run the daemon, check a config, discover hardware, print the version.
 
 Exit codes: 0 success, 1 the daemon failed at run time, 2 bad usage or invalid config.
 See ``docs/cli.md``.
@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("-c", "--config", help=config_help)
     check.add_argument("--json", action="store_true", help="print the result as JSON")
+    found = sub.add_parser("discover", help="list candidate hardware: serial ports, USB scales "
+                           "and printers, scanners, cameras (read-only, safe while running)")
+    found.add_argument("--json", action="store_true", help="print the result as JSON")
     version = sub.add_parser("version", help="print the agent version")
     version.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -51,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"bench-agent {__version__}")
         return 0
+    if args.command == "discover":
+        return _discover(as_json=args.json)
     if args.command == "check-config":
         return _check_config(_config_path(args.config), as_json=args.json)
     return _run(_config_path(args.config))
@@ -72,6 +77,26 @@ def _check_config(path: str, *, as_json: bool) -> int:
         print(f"config ok: {path}")
         for key, value in summary.items():
             print(f"  {key}: {value}")
+    return 0
+
+
+def _discover(*, as_json: bool) -> int:
+    from agent.devices.discovery import discover
+
+    found = discover()
+    if as_json:
+        print(json.dumps(found))
+        return 0
+    titles = {"serial": "Serial ports", "usb": "USB scales and printers",
+              "input": "Keyboard-type input devices (scanners)", "video": "Video devices"}
+    for group, title in titles.items():
+        print(f"{title}:")
+        if not found[group]:
+            print("  (none found)")
+        for entry in found[group]:
+            kind = entry["kind"] or "?"
+            print(f"  {kind:8} {entry['what']}")
+            print(f"           connection = \"{entry['connection']}\"")
     return 0
 
 

@@ -103,7 +103,7 @@ def os_error(exc: OSError, what: str) -> DeviceError:
     return DeviceError(f"{what}: {exc.strerror or exc}", code=code)
 
 
-class _Inbox:
+class Inbox:
     """Bytes received and not read yet, plus the error that ended the stream."""
 
     def __init__(self, description: str) -> None:
@@ -140,7 +140,7 @@ class FdTransport(Transport):
         self._fd = fd
         self._on_close = on_close
         self._loop = asyncio.get_running_loop()
-        self._inbox = _Inbox(description)
+        self._inbox = Inbox(description)
         self._closed = False
         self._loop.add_reader(fd, self._on_readable)
 
@@ -255,7 +255,7 @@ class TcpTransport(Transport, asyncio.Protocol):
 
     def __init__(self, description: str) -> None:
         self.description = description
-        self._inbox = _Inbox(description)
+        self._inbox = Inbox(description)
         self._transport: asyncio.WriteTransport | None = None
         self._drained = asyncio.Event()
         self._drained.set()
