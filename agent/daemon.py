@@ -21,8 +21,13 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from agent import __version__
+from agent.bus import Bus
 from agent.commands import CommandChannel
 from agent.config import Config
+from agent.devices.discovery import discover
+from agent.devices.manager import DeviceManager
+from agent.devices.readings import StateChange
+from agent.errors import OutboxFull
 from agent.mqtt import Inbound, MqttLink
 from agent.outbox import Outbox, dumps, iso_time
 from agent.store import Store, meta_add, meta_get
@@ -46,7 +51,9 @@ class Daemon:
 
     def __init__(self, config: Config, services: Sequence[Service] = ()) -> None:
         self.config = config
-        self.services = list(services)
+        self.bus = Bus()
+        self.devices = DeviceManager(config.devices, self.bus, self._report_device)
+        self.services = [self.devices, *services]
         bench = config.bench
         self.task_prefix = f"bench[{bench.site}/{bench.id}]"
         set_prefix(self.task_prefix)
@@ -76,6 +83,8 @@ class Daemon:
         )
         self.commands.register("state.resend", self._cmd_state_resend)
         self.commands.register("status.get", self._cmd_status_get)
+        self.commands.register("devices.list", self._cmd_devices_list)
+        self.commands.register("devices.discover", self._cmd_devices_discover)
         self.outbox.on_alarm_change = self._status_soon
         self.notifier = Notifier()
         self.started_at = time.time()
@@ -188,11 +197,7 @@ class Daemon:
             "started_at": iso_time(self.started_at),
             "uptime_s": round(now - self.started_at, 3),
             "time": iso_time(now),
-            "devices": [
-                {"name": name, "kind": device.kind, "role": device.role,
-                 "enabled": device.enabled}
-                for name, device in self.config.devices.items()
-            ],
+            "devices": self.devices.status(),
             "commands": self.commands.names,
             "link": self.link.status(),
             "outbox": await self.outbox.stats(),
@@ -212,6 +217,15 @@ class Daemon:
             if self.link.connected.is_set():
                 await self.publish_status()
 
+    async def _report_device(self, change: StateChange, status: dict[str, Any]) -> None:
+        """A device changed state: a ``device_state`` event, then a fresh status."""
+        try:
+            await self.outbox.enqueue("device_state", {**change.as_dict(), "status": status})
+        except OutboxFull as exc:
+            log.error("device %s is %s but the outbox is full: %s", change.device,
+                      change.state.value, exc)
+        self._status_soon()
+
     # ------------------------------------------------------------ built-in commands
     async def _cmd_state_resend(self, _args: dict[str, Any]) -> dict[str, Any]:
         if not self.link.connected.is_set():
@@ -223,3 +237,11 @@ class Daemon:
 
     async def _cmd_status_get(self, _args: dict[str, Any]) -> dict[str, Any]:
         return await self.status_snapshot()
+
+    async def _cmd_devices_list(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"devices": self.devices.status()}
+
+    async def _cmd_devices_discover(self, _args: dict[str, Any]) -> dict[str, Any]:
+        # Reads sysfs, /dev links and USB descriptors: blocking, so in a thread.
+        found: dict[str, Any] = await asyncio.to_thread(discover)
+        return found

@@ -318,7 +318,8 @@ class MqttLink:
             with contextlib.suppress(TimeoutError):
                 delay_s = jittered_backoff_s(self._attempt, self._mqtt.reconnect_min_s,
                                              self._mqtt.reconnect_max_s)
-                await asyncio.wait_for(self._closed.wait(), delay_s)
+                async with asyncio.timeout(delay_s):
+                    await self._closed.wait()
         self.state = "stopped"
 
     def _connect_blocking(self) -> None:
@@ -356,7 +357,8 @@ class MqttLink:
                 self._connect_executor, info.wait_for_publish, timeout_s)
             self._client.disconnect()
             try:
-                await asyncio.wait_for(self._gone.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._gone.wait()
             except TimeoutError:
                 log.warning("broker did not close the connection in %.0fs", timeout_s)
         self._gone.set()

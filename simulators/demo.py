@@ -1,9 +1,14 @@
 """The demo: a bench agent on simulated hardware, a local TLS broker, a central system.
 
-``scripts/demo.sh`` runs this. It keeps its state in ``.demo/`` (certificates, broker
-persistence, the agent's database), so a second run resumes the same bench: the session
-counter goes up and anything left in the outbox is delivered. It prints what the central
-system sees; Ctrl-C (or ``--duration``) stops the agent cleanly, then the broker.
+``scripts/demo.sh`` runs this. The simulated bench: an MT-SICS scale and a serial
+scanner on pseudo-terminals, a ZPL label printer and an ESC/POS receipt printer on TCP,
+a camera reading generated frames with barcodes. The demo then plays a few things that
+happen on a real bench (a scan, a parcel on the scale, the label printer running out of
+paper, the scale's cable pulled and plugged back) and prints what the central system
+sees. It keeps its state in ``.demo/`` (certificates, broker persistence, the agent's
+database), so a second run resumes the same bench: the session counter goes up and
+anything left in the outbox is delivered. Ctrl-C (or ``--duration``, counted after the
+scripted part) stops the agent cleanly, then the simulators and the broker.
 """
 
 from __future__ import annotations
@@ -15,16 +20,42 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from simulators.broker import Broker, free_port
+from simulators.camera import BarcodeSpec, CameraScene
 from simulators.central import CentralSystem, Received
 from simulators.pki import ensure_pki
+from simulators.printer import EscposPrinterSim, LabelPrinterSim
+from simulators.scale import MtSicsSimulator
+from simulators.scanner import SerialScannerSimulator
 
 SITE, BENCH = "demo", "bench01"
 
 
-def _config(directory: Path, port: int) -> Path:
+class Bench:
+    """The simulated hardware of the demo bench."""
+
+    def __init__(self, directory: Path) -> None:
+        devices = directory / "devices"
+        devices.mkdir(parents=True, exist_ok=True)
+        self.scale = MtSicsSimulator(devices / "scale").start()
+        self.scanner = SerialScannerSimulator(devices / "scanner", aim="]E0")
+        self.label = LabelPrinterSim("zpl").start()
+        self.slip = EscposPrinterSim().start()
+        scene = CameraScene([BarcodeSpec("ean13", "4006381333931"),
+                             BarcodeSpec("qrcode", "SF1234567890")], (640, 480))
+        self.camera = scene.write_sequence(devices / "camera", frames=5)
+
+    def close(self) -> None:
+        self.scale.stop()
+        self.scanner.close()
+        self.label.stop()
+        self.slip.stop()
+
+
+def _config(directory: Path, port: int, bench: Bench) -> Path:
     path = directory / "config.toml"
     path.write_text(f"""\
 # Written by simulators/demo.py; see docs/configuration.md for every key.
@@ -52,12 +83,33 @@ interval_s = 10.0
 
 [devices.scale]
 kind = "scale"
-connection = "serial:///dev/ttyUSB0?baud=9600"
+protocol = "mt-sics"
+connection = "serial://{bench.scale.path}"
+reconnect_min_s = 0.5
+reconnect_max_s = 2.0
+
+[devices.scanner]
+kind = "scanner"
+role = "items"
+connection = "serial://{bench.scanner.path}"
 
 [devices.label]
 kind = "printer"
-role = "label"
-connection = "tcp://127.0.0.1:9100"
+language = "zpl"
+role = "waybill"
+connection = "tcp://127.0.0.1:{bench.label.port}"
+status_interval_s = 0.5
+
+[devices.slip]
+kind = "printer"
+language = "escpos"
+role = "packing_slip"
+connection = "tcp://127.0.0.1:{bench.slip.port}"
+
+[devices.camera]
+kind = "camera"
+role = "packing"
+connection = "{bench.camera}"
 """)
     return path
 
@@ -73,6 +125,9 @@ def _describe(message: Received) -> str:
         return (f"status {body['state']} (session {body['session']}, "
                 f"reason {body.get('reason')}, backlog {backlog.get('pending', '-')})")
     data = body.get("data", {})
+    if body.get("kind") == "device_state":
+        fault = f" {data['code']}: {data['message']}" if data.get("code") else ""
+        return f"device {data['device']} ({data['kind']}) {data['state']}{fault}"
     if body.get("kind") == "command.reply":
         outcome = "ok" if data.get("ok") else f"error {data.get('error')}"
         return f"reply to {data.get('command')} {data.get('command_id')}: {outcome}"
@@ -88,6 +143,54 @@ def _print_messages(central: CentralSystem, stop: threading.Event) -> None:
         time.sleep(0.1)
 
 
+def _device_state(central: CentralSystem, device: str, state: str, *, new: bool = True,
+                  timeout_s: float = 20) -> None:
+    """Wait for a ``device_state`` event of ``device`` in ``state`` (a new one if ``new``)."""
+    def match(m: Received) -> bool:
+        return (m.topic.endswith("/events/device_state")
+                and m.json["data"]["device"] == device and m.json["data"]["state"] == state)
+
+    before = len(central.matching(match)) if new else 0
+    central.wait_for(match, timeout_s=timeout_s, count=before + 1)
+
+
+def _ready_later(central: CentralSystem, device: str) -> Callable[[], None]:
+    """Count ``ready`` events of ``device`` now; the returned call waits for one more."""
+    def match(m: Received) -> bool:
+        return (m.topic.endswith("/events/device_state")
+                and m.json["data"]["device"] == device and m.json["data"]["state"] == "ready")
+
+    before = len(central.matching(match))
+    return lambda: central.wait_for(match, timeout_s=20, count=before + 1) and None
+
+
+def _play(central: CentralSystem, bench: Bench) -> None:
+    """A few minutes of a bench's life, in seconds."""
+    for device in ("scale", "scanner", "label", "slip", "camera"):
+        _device_state(central, device, "ready", new=False)
+    print("[demo] every device is ready; a packer scans an item and puts a parcel on the scale")
+    bench.scanner.scan("4006381333931")
+    bench.scale.set_weight(1234.5)
+    time.sleep(1.0)
+    print("[demo] the label printer runs out of labels")
+    ready_label = _ready_later(central, "label")
+    bench.label.set_fault("paper_out")
+    _device_state(central, "label", "faulted")
+    print("[demo] labels loaded again")
+    bench.label.set_fault("paper_out", on=False)
+    ready_label()
+    print("[demo] the scale's USB cable is pulled")
+    ready_scale = _ready_later(central, "scale")
+    bench.scale.unplug()
+    _device_state(central, "scale", "disconnected")
+    print("[demo] and plugged back in")
+    bench.scale.replug()
+    ready_scale()
+    reply = central.request(SITE, BENCH, "devices.list")
+    states = ", ".join(f"{d['name']} {d['state']}" for d in reply["result"]["devices"])
+    print(f"[demo] devices.list: {states}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path(".demo"))
@@ -101,7 +204,11 @@ def main() -> int:
     port_file.write_text(str(port))
     broker = Broker(directory / "broker", pki, port=port, require_certificate=True).start()
     print(f"[demo] mosquitto on localhost:{port} (TLS, client certificates required)")
-    config = _config(directory, port)
+    bench = Bench(directory)
+    print("[demo] simulated bench: MT-SICS scale and serial scanner on ptys, ZPL label "
+          f"printer on :{bench.label.port}, ESC/POS printer on :{bench.slip.port}, camera "
+          "on generated frames")
+    config = _config(directory, port, bench)
     agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(config)])
     central = CentralSystem(port, pki.ca, cert=pki.clients["central"].cert,
                             key=pki.clients["central"].key)
@@ -115,6 +222,7 @@ def main() -> int:
         print("[demo] bench online; asking for its status and a state resend")
         central.request(SITE, BENCH, "status.get")
         central.request(SITE, BENCH, "state.resend")
+        _play(central, bench)
         print("[demo] running; Ctrl-C stops the agent (it says offline) and the broker")
         deadline = time.monotonic() + args.duration if args.duration else None
         while agent.poll() is None and (deadline is None or time.monotonic() < deadline):
@@ -128,6 +236,7 @@ def main() -> int:
         time.sleep(0.3)
         stop.set()
         central.close()
+        bench.close()
         broker.stop()
         print(f"[demo] agent exited with {code}; broker stopped")
     return 0 if code == 0 else 1

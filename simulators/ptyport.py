@@ -30,6 +30,8 @@ class PtyPort:
             self.unplug()
         master, slave = os.openpty()
         tty.setraw(master)  # no echo, no CR/LF translation on the simulator's side
+        # Non-blocking: a read after select must not hang if the driver reopens meanwhile.
+        os.set_blocking(master, False)
         attrs = termios.tcgetattr(slave)
         attrs[3] &= ~(termios.ECHO | termios.ICANON)
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
@@ -54,8 +56,13 @@ class PtyPort:
         return self.master >= 0
 
     def write(self, data: bytes) -> None:
-        if self.master >= 0:
-            os.write(self.master, data)
+        """Send ``data`` to the driver (dropped when unplugged, like a dead cable)."""
+        view = memoryview(data)
+        while view and self.master >= 0:
+            try:
+                view = view[os.write(self.master, view):]
+            except BlockingIOError:
+                select.select([], [self.master], [], 1.0)
 
     def read(self, timeout_s: float) -> bytes:
         """Bytes the driver sent, or ``b""`` after ``timeout_s`` (or when unplugged).

@@ -20,6 +20,15 @@ def test_the_demo_brings_a_bench_online_answers_commands_and_stops_cleanly(
     out = result.stdout
     assert "[central] status online (session 1" in out
     assert "reply to status.get" in out and "reply to state.resend" in out
+    for device, kind in (("scale", "scale"), ("scanner", "scanner"), ("label", "printer"),
+                         ("slip", "printer"), ("camera", "camera")):
+        assert f"[central] device {device} ({kind}) ready" in out
+    assert "[central] device label (printer) faulted paper_out" in out
+    assert "[central] device scale (scale) disconnected disconnected" in out
+    assert "devices.list: scale ready, scanner ready, label ready, slip ready, camera ready" \
+        in out
+    assert "scanner: scan '4006381333931' (EAN-13" in result.stderr + out
+    assert "scale: settled at 1234.5 g" in result.stderr + out
     assert "[central] status offline (session 1, reason shutdown" in out
     assert "agent exited with 0" in out
 

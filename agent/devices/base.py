@@ -49,6 +49,8 @@ class Device(ABC):
         self.since = time.time()
         self.last_seen: float | None = None
         self.connects = 0
+        self.failures = 0
+        self.retry_at: float | None = None
         self.ready = asyncio.Event()
         self.on_change: Callable[[StateChange], None] | None = None
         self.log = logging.LoggerAdapter(log, {"device": name})
@@ -72,11 +74,15 @@ class Device(ABC):
 
     # ------------------------------------------------------------ supervisor
     async def run(self) -> None:
-        """Open, serve, recover; until cancelled. Never raises a device's error."""
+        """Open, serve, recover; until cancelled. Never raises a device's error.
+
+        The state starts ``connecting``; after a failure it stays ``disconnected`` or
+        ``faulted`` through the retries and turns ``ready`` when an attempt succeeds.
+        """
         attempt = 0
         while True:
-            if self.state is not DeviceState.CONNECTING:
-                self._set_state(DeviceState.CONNECTING, self.code, self.message)
+            # Retries keep the failed state (and its code) until the device is back, so an
+            # unplugged device is one `disconnected` event, not one per attempt.
             try:
                 await self._open()
                 attempt = 0
@@ -98,10 +104,13 @@ class Device(ABC):
                 except Exception:
                     self.log.exception("%s: error while closing", self.name)
             attempt += 1
+            self.failures += 1
             delay = jittered_backoff_s(attempt, self.settings.reconnect_min_s,
                                        self.settings.reconnect_max_s)
+            self.retry_at = time.time() + delay
             self.log.debug("%s: retrying in %.1f s", self.name, delay)
             await asyncio.sleep(delay)
+            self.retry_at = None
 
     def fail(self, error: DeviceError) -> None:
         """Record ``error`` as the device's state: disconnected or faulted, by its code."""
@@ -154,5 +163,7 @@ class Device(ABC):
             "since": self.since,
             "last_seen": self.last_seen,
             "connects": self.connects,
+            "failures": self.failures,
+            "retry_at": self.retry_at,
             **self.details(),
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import termios
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,9 +76,15 @@ class Transport(ABC):
         """Release the port; safe to call twice."""
 
     async def read_for(self, timeout_s: float) -> bytes:
-        """The next bytes, or ``b""`` if none came within ``timeout_s``."""
+        """The next bytes, or ``b""`` if none came within ``timeout_s``.
+
+        ``asyncio.timeout``, not ``wait_for``, here and in every device module: Python
+        3.11's ``wait_for`` can lose a cancellation that arrives as the awaited thing
+        completes, and a driver that misses its cancellation never stops.
+        """
         try:
-            return await asyncio.wait_for(self.read(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await self.read()
         except TimeoutError:
             return b""
 
@@ -189,7 +196,8 @@ class FdTransport(Transport):
 
         self._loop.add_writer(self._fd, _ready)
         try:
-            await asyncio.wait_for(ready, _WRITE_TIMEOUT_S)
+            async with asyncio.timeout(_WRITE_TIMEOUT_S):
+                await ready
         except TimeoutError as exc:
             raise DeviceError(f"{self.description} took no data for {_WRITE_TIMEOUT_S:g} s",
                               code="timeout") from exc
@@ -227,6 +235,11 @@ def open_serial(conn: Connection, line: SerialLine) -> FdTransport:
             raise DeviceError(f"{conn.path} is held by another process",
                               code="busy") from exc
         raise DeviceError(f"opening {conn.path}: {exc}", code="not_found") from exc
+    except termios.error as exc:
+        # Raised by tcsetattr when the port refuses the line settings (a pty reopened
+        # with 7E1 does: EINVAL).
+        raise DeviceError(f"{conn.path}: line settings refused: {exc}",
+                          code="device_error") from exc
     except (OSError, ValueError) as exc:
         if isinstance(exc, OSError):
             raise os_error(exc, f"opening {conn.path}") from exc
@@ -265,8 +278,9 @@ class TcpTransport(Transport, asyncio.Protocol):
         what = f"{conn.host}:{conn.port}"
         loop = asyncio.get_running_loop()
         try:
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: cls(what), conn.host, conn.port), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                _, protocol = await loop.create_connection(lambda: cls(what), conn.host,
+                                                           conn.port)
         except TimeoutError as exc:
             raise DeviceError(f"no TCP connection to {what} within {timeout_s:g} s",
                               code="timeout") from exc
@@ -302,7 +316,8 @@ class TcpTransport(Transport, asyncio.Protocol):
             raise self._inbox.error or DeviceError("not connected", code="disconnected")
         self._transport.write(data)
         try:
-            await asyncio.wait_for(self._drained.wait(), _WRITE_TIMEOUT_S)
+            async with asyncio.timeout(_WRITE_TIMEOUT_S):
+                await self._drained.wait()
         except TimeoutError as exc:
             raise DeviceError(f"{self.description} took no data for {_WRITE_TIMEOUT_S:g} s",
                               code="timeout") from exc
