@@ -42,6 +42,7 @@ from evdev import ecodes as e
 
 from agent.devices.scanners.keymap import LAYOUTS, text_to_events
 from agent.errors import DeviceError
+from simulators.console import serve_stdin
 from simulators.ptyport import PtyPort
 
 SUFFIXES = {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n"}
@@ -344,15 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sim = SerialScannerSimulator(args.link, suffix=args.suffix, aim=args.aim)
         print(f"connection = {sim.connection!r}", flush=True)
+    handle = sim.command if isinstance(sim, SerialScannerSimulator) else \
+        (lambda line: _command(sim, line))
     try:
-        for line in sys.stdin:
-            if line.strip() in ("!quit", "!exit"):
-                break
-            try:
-                print(sim.command(line) if isinstance(sim, SerialScannerSimulator)
-                      else _command(sim, line), flush=True)
-            except (ValueError, OSError) as exc:
-                print(f"error: {exc}", flush=True)
+        # Every other line is a barcode, so the quit words carry a "!".
+        serve_stdin(handle, quit_words=("!quit", "!exit"))
     finally:
         sim.close()
     return 0
