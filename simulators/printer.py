@@ -32,13 +32,13 @@ import contextlib
 import re
 import select
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from simulators.console import serve_stdin
 from simulators.ptyport import PtyPort
 
 FAULTS = ("paper_out", "head_open", "ribbon_out", "paused", "paper_near_end",
@@ -603,17 +603,7 @@ def main() -> None:
         print(f"{args.language} printer simulator listening on {sim.host}:{sim.port}",
               flush=True)
     try:
-        for line in sys.stdin:
-            if line.strip() in ("quit", "exit"):
-                break
-            answer = HELP if line.strip() == "help" else sim.command(line)
-            if answer:
-                print(answer, flush=True)
-        else:
-            while True:  # stdin closed (run in the background): serve until killed
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        serve_stdin(sim.command, help_text=HELP)
     finally:
         if link is not None:
             link.stop()

@@ -190,7 +190,7 @@ def test_zpl_label_count_is_formats_with_fields_times_quantity() -> None:
 
 # ---------------------------------------------------------------- TSPL
 @pytest.mark.parametrize(("byte", "faults", "ready"), [
-    (0x00, (), True), (0x01, ("head_open",), False), (0x02, ("device_error",), False),
+    (0x00, (), True), (0x01, ("head_open",), False), (0x02, ("paper_jam",), False),
     (0x04, ("paper_out",), False), (0x08, ("ribbon_out",), False),
     (0x10, ("paused",), False), (0x20, (), True), (0x40, ("head_open",), False),
     (0x80, ("device_error",), False), (0x05, ("head_open", "paper_out"), False),
@@ -204,9 +204,9 @@ def test_tspl_status_byte_bits_map_to_fault_codes(
     assert status.printing is bool(byte & 0x20)
 
 
-def test_tspl_paper_jam_says_so_in_words() -> None:
-    """A jam has no code of its own: device_error, "paper jam" in the message."""
-    assert tspl.parse_status(b"\x02").message == "paper jam"
+def test_tspl_paper_jam_is_paper_jam() -> None:
+    status = tspl.parse_status(b"\x02")
+    assert status.faults == ("paper_jam",) and status.message == "paper jam"
 
 
 @pytest.mark.parametrize("reply", [b"", b"\x00\x00"])

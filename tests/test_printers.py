@@ -22,7 +22,7 @@ from agent.devices.printer import Printer, make_printer
 from agent.devices.printers.escpos import EscposJob
 from agent.devices.readings import BadInput, DeviceState, StateChange
 from agent.devices.settings import PrinterSettings
-from agent.errors import FAULT_CODES, ConfigError, DeviceError
+from agent.errors import FAULT_CODES, DeviceError
 from simulators.printer import EscposPrinterSim, LabelPrinterSim, PrinterSim, PtyLink
 from simulators.usb_backend import SimBackend, SimUsbDevice
 
@@ -292,7 +292,7 @@ def test_tspl_status_byte_through_the_simulator(sims: Any) -> None:
             sim.set_fault("paper_jam")
             sim.set_fault("ribbon_out")
             status = await printer.query_status()
-            assert status.faults == ("ribbon_out", "device_error")
+            assert status.faults == ("paper_jam", "ribbon_out")
             assert status.raw == b"\x0a"
             assert printer.message == "paper jam; out of ribbon"
 
@@ -470,12 +470,6 @@ def test_send_to_a_printer_that_never_connected_is_disconnected() -> None:
     with pytest.raises(DeviceError) as error:
         asyncio.run(printer.send(b"^XA^XZ"))
     assert error.value.code == "disconnected"
-
-
-def test_make_printer_refuses_an_unknown_escpos_profile() -> None:
-    with pytest.raises(ConfigError, match=r"devices\.slip\.escpos_profile"):
-        make_printer("slip", settings("tcp://127.0.0.1:9100", "escpos",
-                                      escpos_profile="TM-NOPE"), Bus())
 
 
 def test_simulator_runs_as_a_process_with_stdin_control() -> None:

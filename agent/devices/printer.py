@@ -43,7 +43,7 @@ from agent.devices.readings import BadInput, DeviceState
 from agent.devices.settings import PrinterSettings
 from agent.devices.transport import Transport, open_transport
 from agent.devices.usb import open_usb
-from agent.errors import ConfigError, DeviceError, ProtocolError
+from agent.errors import DeviceError, ProtocolError
 from agent.tasks import task_name
 
 _RX_LIMIT = 64 * 1024
@@ -280,11 +280,6 @@ class Printer(Device):
 def make_printer(name: str, settings: PrinterSettings, bus: Bus) -> Printer:
     """The printer driver for ``settings.language`` (zpl, tspl, epl, escpos).
 
-    Raises:
-        ConfigError: ``escpos_profile`` names no python-escpos profile.
+    ``escpos_profile`` was checked when the config was loaded.
     """
-    try:
-        language = LANGUAGES[settings.language](settings)
-    except ValueError as exc:
-        raise ConfigError(f"devices.{name}.escpos_profile: {exc}") from exc
-    return Printer(name, settings, bus, language)
+    return Printer(name, settings, bus, LANGUAGES[settings.language](settings))

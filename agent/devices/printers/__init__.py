@@ -23,7 +23,8 @@ from agent.devices.transport import SerialLine
 from agent.errors import FAULT_CODES, ProtocolError
 
 FAULT_PRIORITY: tuple[str, ...] = (
-    "head_open", "paper_out", "ribbon_out", "cutter_error", "overheated", "device_error",
+    "head_open", "paper_out", "paper_jam", "ribbon_out", "cutter_error", "overheated",
+    "device_error",
     "paused", "offline", "protocol_error", "status_unknown", "paper_near_end",
 )
 """Fault codes a printer status can carry, most important first (the device state's code)."""

@@ -17,8 +17,7 @@ bit   meaning (0x00: ready)
 7     other error; on some models: ambient temperature out of range
 ====  ====================================================================
 
-so ``0x05`` is "out of paper and head opened". A jam has no code of its own in
-:data:`agent.errors.FAULT_CODES`: it is ``device_error`` with the words "paper jam".
+so ``0x05`` is "out of paper and head opened". A jam is ``paper_jam``.
 
 Jobs are lines ending with CR LF; ``PRINT m[,n]`` prints ``m`` label sets of ``n``
 copies each.
@@ -36,7 +35,7 @@ STATUS_REQUEST = b"\x1b!?"
 
 _BITS: tuple[tuple[int, str, str, str], ...] = (
     (0x01, "head_open", "head_opened", "print head open"),
-    (0x02, "device_error", "paper_jam", "paper jam"),
+    (0x02, "paper_jam", "paper_jam", "paper jam"),
     (0x04, "paper_out", "out_of_paper", "out of paper"),
     (0x08, "ribbon_out", "out_of_ribbon", "out of ribbon"),
     (0x10, "paused", "pause", "paused"),

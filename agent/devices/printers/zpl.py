@@ -66,7 +66,7 @@ _ERRORS: tuple[tuple[int, str, str], ...] = (
     (0x00000080, "device_error", "printhead detection error"),
     (0x00000100, "device_error", "invalid firmware configuration"),
     (0x00000200, "device_error", "printhead thermistor open"),
-    (0x00001000, "device_error", "paper jam during retract"),
+    (0x00001000, "paper_jam", "paper jam during retract"),
     (0x00002000, "device_error", "presenter not running"),
     (0x00004000, "device_error", "paper feed error"),
     (0x00008000, "device_error", "clear paper path failed"),
