@@ -44,6 +44,8 @@ import numpy as np
 import numpy.typing as npt
 import zxingcpp
 
+from simulators.console import serve_stdin
+
 Image = npt.NDArray[np.uint8]
 
 _F = zxingcpp.BarcodeFormat
@@ -442,13 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
         return 0
-    for line in sys.stdin:
-        if line.strip() in ("quit", "exit"):
-            break
-        try:
-            print(simulator.command(line), flush=True)
-        except (ValueError, OSError) as exc:
-            print(f"error: {exc}", flush=True)
+    serve_stdin(simulator.command)
     return 0
 
 

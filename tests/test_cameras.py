@@ -20,9 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from pydantic import ValidationError
 
 from agent.bus import Bus
-from agent.devices.camera import Camera, ImageSequence, make_camera
+from agent.devices.camera import Camera, make_camera
+from agent.devices.camera_sources import ImageSequence
 from agent.devices.decoders import PyzbarDecoder, ZxingDecoder, make_decoder, upce_to_upca
 from agent.devices.readings import BadInput, DeviceState, StateChange
 from agent.devices.settings import CameraSettings
@@ -192,6 +194,10 @@ def test_camera_decodes_the_barcodes_in_view(barcode_sequence: str, decoder: str
             if decoder == "zxing":
                 got = {s.symbology_name: (s.data, s.symbology) for s in scans}
                 assert got == EXPECTED
+                gs1 = next(s for s in scans if s.symbology == "]C1").gs1 or {}
+                # The same fields a scanner's read of this label gives.
+                assert (gs1["01"], gs1["10"], gs1["17"]) == ("09506000134352", "ABC123",
+                                                             "261231")
             else:  # zbar gives no AIM identifier and loses the GS1 flag
                 got = {s.symbology_name: (s.data, s.symbology) for s in scans}
                 assert got == {
@@ -215,8 +221,8 @@ def test_camera_reports_only_the_configured_formats(barcode_sequence: str) -> No
 
 
 def test_pyzbar_with_datamatrix_fails_at_construction_naming_the_format() -> None:
-    """zbar has no DataMatrix reader: the camera is refused before it ever runs."""
-    with pytest.raises(ConfigError, match="'pyzbar' cannot read datamatrix"):
+    """zbar has no DataMatrix reader: the config is refused before the camera ever runs."""
+    with pytest.raises(ValidationError, match="decoder pyzbar cannot read datamatrix"):
         camera("video:0", decoder="pyzbar", formats=["ean13", "datamatrix"])
     # Not configured, the default formats are those the decoder reads.
     assert camera("video:0", decoder="pyzbar").decoder.formats == (

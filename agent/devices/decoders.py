@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import zxingcpp
 
-from agent.devices.settings import BARCODE_FORMATS
+from agent.devices.settings import BARCODE_FORMATS, PYZBAR_CANNOT_READ
 from agent.errors import ConfigError, ProtocolError
 
 Point = tuple[int, int]
@@ -207,7 +207,7 @@ class PyzbarDecoder(BarcodeDecoder):
     """
 
     name = "pyzbar"
-    unsupported = frozenset({"datamatrix", "aztec", "pdf417"})
+    unsupported = PYZBAR_CANNOT_READ
     SYMBOLS: ClassVar[dict[str, str]] = {
         "ean13": "EAN13", "ean8": "EAN8", "upca": "UPCA", "upce": "UPCE",
         "code128": "CODE128", "code39": "CODE39", "code93": "CODE93",
