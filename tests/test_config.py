@@ -148,3 +148,30 @@ def test_a_rule_between_keys_reads_plainly(tmp_path: Path, pki: Pki) -> None:
     message = _error(_write(tmp_path, pki, mqtt={"tls": tls}))
     assert message.endswith("mqtt.tls: cert_file and key_file must be given together "
                             "(mutual TLS)")
+
+
+def test_device_options_a_driver_cannot_honour_fail_at_load(tmp_path: Path, pki: Pki) -> None:
+    """An unknown python-escpos profile or pyzbar asked for DataMatrix: refused at startup."""
+    devices = {"slip": {"kind": "printer", "language": "escpos",
+                        "connection": "tcp://10.0.0.8:9100", "escpos_profile": "TM-NOPE"},
+               "cam": {"kind": "camera", "connection": "video:0", "decoder": "pyzbar",
+                       "formats": ["ean13", "datamatrix"]}}
+    message = _error(_write(tmp_path, pki, devices=devices))
+    assert "devices.slip.escpos_profile: unknown python-escpos profile 'TM-NOPE'; known " \
+        "profiles: " in message and "TM-T88V" in message
+    assert 'devices.cam: decoder pyzbar cannot read datamatrix; use decoder = "zxing"' in message
+
+
+def test_two_devices_on_one_port_are_refused(tmp_path: Path, pki: Pki) -> None:
+    devices = {"scale": {"kind": "scale", "protocol": "mt-sics", "connection": "/dev/ttyS0"},
+               "scanner": {"kind": "scanner", "connection": "serial:///dev/ttyS0?baud=9600"}}
+    message = _error(_write(tmp_path, pki, devices=devices))
+    assert message.endswith("bench.toml: devices.scanner.connection: serial:///dev/ttyS0"
+                            "?baud=9600 is the port of device 'scale'; one driver owns a port")
+
+
+def test_a_scale_protocol_must_match_its_connection(tmp_path: Path, pki: Pki) -> None:
+    devices = {"scale": {"kind": "scale", "protocol": "hid-pos",
+                         "connection": "serial:///dev/ttyUSB0"}}
+    message = _error(_write(tmp_path, pki, devices=devices))
+    assert "devices.scale: protocol hid-pos goes with a usb://VID:PID connection" in message

@@ -51,7 +51,8 @@ class Scan:
     their GS (``\\x1d``) separators. ``symbology`` is the AIM identifier (``]C1``) when the
     reader sent one; ``symbology_name`` says it in words (``GS1-128``). ``gs1`` maps each
     Application Identifier to its value (``{"01": "09506000134352", "17": "201225"}``)
-    and holds the helpers ``gtin``, ``batch``, ``expiry``, ``serial`` when present.
+    and holds the helpers ``gtin`` (14 digits), ``sscc``, ``batch``, ``expiry``, ``serial``
+    when present (``docs/scanners.md``).
     """
 
     device: str
@@ -74,7 +75,8 @@ class WeightReading:
 
     ``grams`` is ``None`` unless ``condition`` is ``WEIGHT``: an overloaded pan is never a
     weight. ``stable`` is the protocol's own stable flag; ``settled`` is set by the scale
-    driver's stability rule (see ``docs/devices.md``) and starts a new parcel's reading.
+    driver's stability rule (``docs/scales.md#the-stability-rule``) and starts a new
+    parcel's reading.
     """
 
     device: str

@@ -15,6 +15,8 @@ from agent.devices.connection import Connection, parse_connection
 DEVICE_KINDS = ("scanner", "scale", "printer", "camera", "signal")
 SCALE_PROTOCOLS = ("mt-sics", "toledo-8217", "scp-01", "continuous", "hid-pos")
 PRINTER_LANGUAGES = ("zpl", "tspl", "epl", "escpos")
+PYZBAR_CANNOT_READ = frozenset({"datamatrix", "aztec", "pdf417"})
+"""Formats zbar has no reader for (zxing-cpp reads them all)."""
 BARCODE_FORMATS = (
     "ean13", "ean8", "upca", "upce", "code128", "code39", "code93", "codabar", "itf",
     "databar", "databar_expanded", "qrcode", "datamatrix", "pdf417", "aztec",
@@ -114,6 +116,15 @@ class PrinterSettings(_DeviceBase):
     escpos_profile: str | None = None
     """python-escpos capability profile (``TM-T88V``...); none means the generic one."""
 
+    @field_validator("escpos_profile")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        # Imported here: python-escpos loads its capability database on import.
+        from agent.devices.printers.escpos import check_profile
+
+        check_profile(value)
+        return value
+
 
 class CameraSettings(_DeviceBase):
     """A camera: any source OpenCV opens."""
@@ -128,6 +139,16 @@ class CameraSettings(_DeviceBase):
     jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 90
     frame_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 5000
     """No new frame for this long means the camera is gone."""
+
+    @model_validator(mode="after")
+    def _decoder_reads_formats(self) -> CameraSettings:
+        # Without `formats` in the file, pyzbar reads the default formats it can.
+        if self.decoder == "pyzbar" and "formats" in self.model_fields_set:
+            missing = sorted(PYZBAR_CANNOT_READ.intersection(self.formats))
+            if missing:
+                raise ValueError(f"decoder pyzbar cannot read {', '.join(missing)}; use "
+                                 f'decoder = "zxing" or remove them from formats')
+        return self
 
     @field_validator("formats", mode="before")
     @classmethod
