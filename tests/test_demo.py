@@ -38,3 +38,13 @@ def test_version_prints_the_agent_version() -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert json.loads(result.stdout) == {"version": __version__}
+
+
+def test_discover_prints_every_hardware_group_as_json() -> None:
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "discover", "--json"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert set(found) == {"serial", "usb", "input", "video"}
+    for entry in (e for group in found.values() for e in group):
+        assert entry["connection"] and "what" in entry
