@@ -359,6 +359,8 @@ def test_garbage_bytes_are_reported_and_the_driver_keeps_running(
             await bench.reading(lambda r: r.grams == 900.0)
             assert bench.scale.state is DeviceState.READY
             assert bench.scale.bad_frames >= 1
+            # Kept running: no reconnect hid a crash.
+            assert (bench.scale.connects, bench.scale.failures) == (1, 0)
 
     asyncio.run(go())
 
@@ -381,6 +383,7 @@ def test_a_driver_fed_random_bytes_reports_each_bad_frame_and_keeps_running(
             sim.set_weight(451)
             await bench.reading(lambda r: r.grams == 451.0)
             assert bench.scale.state is DeviceState.READY
+            assert (bench.scale.connects, bench.scale.failures) == (1, 0)
             reported = 0
             while bench.bad.get_nowait() is not None:
                 reported += 1
@@ -548,6 +551,7 @@ def test_random_order_of_scripted_events_never_stops_the_driver(
             sim.set_weight(640)
             await bench.reading(lambda r: r.grams == 640.0)
             assert bench.scale.state is DeviceState.READY
+            assert (bench.scale.connects, bench.scale.failures) == (1, 0)
 
     asyncio.run(go())
 

@@ -186,6 +186,7 @@ def test_serial_scanner_fed_line_noise_reports_bad_input_and_keeps_running(
             # Noise between two line endings can look like Latin-1 text: that is a scan.
             assert sum(isinstance(i, BadInput) for i in seen) >= 10
             assert scanner.state is DeviceState.READY
+            assert (scanner.connects, scanner.failures) == (1, 0)
 
     run_scanner(scanner, body)
 

@@ -83,9 +83,10 @@ class Device(ABC):
         while True:
             # Retries keep the failed state (and its code) until the device is back, so an
             # unplugged device is one `disconnected` event, not one per attempt.
+            opened_at: float | None = None
             try:
                 await self._open()
-                attempt = 0
+                opened_at = time.monotonic()
                 self.connects += 1
                 self.seen()
                 self._set_state(DeviceState.READY)
@@ -103,6 +104,11 @@ class Device(ABC):
                     await self._close()
                 except Exception:
                     self.log.exception("%s: error while closing", self.name)
+            # The backoff starts over only after the device worked for a while: one that
+            # answers and drops at once (a flapping cable) keeps backing off.
+            if opened_at is not None and \
+                    time.monotonic() - opened_at >= self.settings.reconnect_max_s:
+                attempt = 0
             attempt += 1
             self.failures += 1
             delay = jittered_backoff_s(attempt, self.settings.reconnect_min_s,
@@ -148,7 +154,11 @@ class Device(ABC):
         change = StateChange(self.name, self.kind, state, code, message)
         self.bus.publish(change)
         if self.on_change is not None:
-            self.on_change(change)
+            try:
+                self.on_change(change)
+            except Exception:
+                # Reporting must not take the supervisor (and the bench) down.
+                self.log.exception("%s: could not report the state change", self.name)
 
     def status(self) -> dict[str, Any]:
         """JSON-safe status: state, fault, when, and the driver's details."""

@@ -64,7 +64,13 @@ class DeviceManager:
                 if d.settings.role == role and (kind is None or d.kind == kind)]
 
     def _changed(self, change: StateChange) -> None:
-        self._changes.put_nowait((change, self.devices[change.device].status()))
+        device = self.devices[change.device]
+        try:
+            status = device.status()
+        except Exception:
+            log.exception("status of device %s failed; reporting its state only", device.name)
+            status = {"name": device.name, "kind": device.kind, "state": change.state.value}
+        self._changes.put_nowait((change, status))
 
     async def _report_changes(self) -> None:
         """One at a time, so the central system gets a device's states in order."""

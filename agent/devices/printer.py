@@ -204,6 +204,12 @@ class Printer(Device):
             elif self._gone is None:
                 self._gone = exc
             self._rx_changed.set()
+        except Exception as exc:
+            # A bug here must end the connection, not leave the printer "status unknown".
+            self.log.exception("%s: reading the printer's replies failed", self.name)
+            if self._gone is None:
+                self._gone = DeviceError(f"reader failure: {exc!r}", code="device_error")
+            self._rx_changed.set()
 
     async def _write(self, transport: Transport, data: bytes) -> None:
         try:
@@ -232,7 +238,12 @@ class Printer(Device):
             async with asyncio.timeout(timeout_ms / 1000):
                 await self._write(transport, self.language.status_request())
         except TimeoutError:
+            # Part of the request may sit in a buffer: a new connection starts clean.
             self._last_query_s = loop.time()
+            if self._gone is None:
+                self._gone = DeviceError(f"the printer took no {self.language.status_command} "
+                                         f"request within {timeout_ms} ms", code="timeout")
+            transport.close()
             return unknown_status(b"", f"the printer took no {self.language.status_command} "
                                        f"request within {timeout_ms} ms (buffer full?)")
         try:

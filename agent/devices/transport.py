@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
+import stat
 import termios
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -149,7 +151,14 @@ class FdTransport(Transport):
         self._loop = asyncio.get_running_loop()
         self._inbox = Inbox(description)
         self._closed = False
-        self._loop.add_reader(fd, self._on_readable)
+        try:
+            self._loop.add_reader(fd, self._on_readable)
+        except (OSError, ValueError) as exc:
+            # epoll refuses regular files: a printer path that became a plain file (someone
+            # ran `cat > /dev/usb/lp0` while it was unplugged).
+            on_close()
+            raise DeviceError(f"{description} is not a device the agent can watch: {exc}",
+                              code="device_error") from exc
 
     def _on_readable(self) -> None:
         try:
@@ -260,6 +269,10 @@ def open_device_file(conn: Connection) -> FdTransport:
         fd = os.open(conn.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
         raise os_error(exc, f"opening {conn.path}") from exc
+    if not stat.S_ISCHR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DeviceError(f"{conn.path} is not a character device (a plain file left where "
+                          "the printer's device file belongs?)", code="device_error")
     return FdTransport(fd, conn.path, lambda: os.close(fd))
 
 
@@ -292,6 +305,15 @@ class TcpTransport(Transport, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A device that loses power sends no FIN; keepalive notices within ~30 s, so a
+            # listen-only connection (a TCP scanner) does not stay "ready" forever.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5),
+                                  ("TCP_KEEPCNT", 4)):
+                if hasattr(socket, option):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
     def data_received(self, data: bytes) -> None:
         self._inbox.feed(data)
@@ -328,8 +350,11 @@ class TcpTransport(Transport, asyncio.Protocol):
         self._inbox.buffer.clear()
 
     def close(self) -> None:
+        # abort, not close: close() waits to send what is buffered, and a stalled printer
+        # takes nothing, so the socket (and half a job) would linger.
         if self._transport is not None:
-            self._transport.close()
+            self._transport.abort()
+        self._inbox.fail(f"{self.description} is closed")
 
 
 async def open_transport(conn: Connection, *, line: SerialLine = SerialLine(),

@@ -17,6 +17,7 @@ that is ``disconnected``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +89,8 @@ class UsbTransport(Transport):
         self._out: Any = None
         self._inbox = Inbox(self.description)
         self._loop = asyncio.get_running_loop()
+        self._reader: threading.Thread | None = None
+        self._detached = False
         self._closed = False
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -115,9 +118,11 @@ class UsbTransport(Transport):
             raise DeviceError(f"no USB device {self._conn.vid:04x}:{self._conn.pid:04x}"
                               f"{suffix} is plugged in", code="not_found")
         what = self.description
+        self._device = device  # from here on, _release undoes what was done
         try:
             if device.is_kernel_driver_active(self._interface):
                 device.detach_kernel_driver(self._interface)
+                self._detached = True
             try:
                 config = device.get_active_configuration()
             except usb.core.USBError:
@@ -138,7 +143,6 @@ class UsbTransport(Transport):
 
         self._in = endpoint(usb.util.ENDPOINT_IN)
         self._out = endpoint(usb.util.ENDPOINT_OUT)
-        self._device = device
         if self._in is None and self._out is None:
             raise DeviceError(f"{what} interface {self._interface} has no endpoint of the "
                               "expected type", code="device_error")
@@ -146,8 +150,9 @@ class UsbTransport(Transport):
     async def open(self) -> None:
         await self._call(self._open_blocking)
         if self._in is not None:
-            threading.Thread(target=self._read_forever, daemon=True,
-                             name=f"{self._thread_name}-in").start()
+            self._reader = threading.Thread(target=self._read_forever, daemon=True,
+                                            name=f"{self._thread_name}-in")
+            self._reader.start()
 
     def _read_forever(self) -> None:
         """Reader thread: every packet into the inbox, until closed or the device is gone."""
@@ -156,12 +161,21 @@ class UsbTransport(Transport):
                 data = self._in.read(self._in.wMaxPacketSize, self._timeout_ms)
             except usb.core.USBTimeoutError:
                 continue  # nothing sent yet: a HID scale reports only on change
-            except usb.core.USBError as exc:
-                error = usb_error(exc, f"reading {self.description}")
-                self._loop.call_soon_threadsafe(self._inbox.fail, str(error))
+            except Exception as exc:
+                # USBError (unplugged: ENODEV) or anything else: the stream ends here and
+                # the driver reconnects, rather than re-reading a stale last report.
+                if isinstance(exc, usb.core.USBError):
+                    message = str(usb_error(exc, f"reading {self.description}"))
+                else:
+                    message = f"reading {self.description} failed: {exc!r}"
+                with contextlib.suppress(RuntimeError):  # the loop is already closed
+                    self._loop.call_soon_threadsafe(self._inbox.fail, message)
                 return
             if len(data) and not self._closed:
-                self._loop.call_soon_threadsafe(self._inbox.feed, bytes(data))
+                try:
+                    self._loop.call_soon_threadsafe(self._inbox.feed, bytes(data))
+                except RuntimeError:  # the loop is closed: the agent is stopping
+                    return
 
     async def read(self) -> bytes:
         if self._in is None:
@@ -185,12 +199,20 @@ class UsbTransport(Transport):
         await self._call(self._write_blocking, data)
 
     def _release(self) -> None:
-        if self._device is not None:
-            try:
-                usb.util.release_interface(self._device, self._interface)
-                usb.util.dispose_resources(self._device)
-            except usb.core.USBError:
-                pass  # the device is gone; nothing left to release
+        # The reader's transfer must end before the handle goes (libusb would free memory
+        # a pending transfer still uses); it ends within timeout_ms once _closed is set.
+        if self._reader is not None:
+            self._reader.join()
+        if self._device is None:
+            return
+        with contextlib.suppress(usb.core.USBError, NotImplementedError):
+            usb.util.release_interface(self._device, self._interface)
+        if self._detached:
+            # Give the interface back to usblp/usbhid (the device is usable without us).
+            with contextlib.suppress(usb.core.USBError, NotImplementedError):
+                self._device.attach_kernel_driver(self._interface)
+        with contextlib.suppress(usb.core.USBError):
+            usb.util.dispose_resources(self._device)
 
     def close(self) -> None:
         if self._closed:
