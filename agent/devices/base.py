@@ -18,12 +18,12 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from agent.bus import Bus
 from agent.devices.connection import Connection
 from agent.devices.readings import DeviceState, StateChange
-from agent.devices.settings import _DeviceBase
+from agent.devices.settings import DeviceSettingsBase
 from agent.errors import DeviceError
 from agent.tasks import jittered_backoff_s
 
@@ -33,12 +33,15 @@ GONE_CODES = frozenset({"not_found", "disconnected", "refused", "timeout"})
 """Codes that mean the device is not reachable (``disconnected``) rather than faulted."""
 
 
-class Device(ABC):
-    """One configured device and its driver's supervisor."""
+SettingsT = TypeVar("SettingsT", bound=DeviceSettingsBase)
+
+
+class Device(ABC, Generic[SettingsT]):
+    """One configured device and its driver's supervisor; ``settings`` is its kind's."""
 
     kind: ClassVar[str]
 
-    def __init__(self, name: str, settings: _DeviceBase, bus: Bus) -> None:
+    def __init__(self, name: str, settings: SettingsT, bus: Bus) -> None:
         self.name = name
         self.settings = settings
         self.connection: Connection = settings.conn

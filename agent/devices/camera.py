@@ -143,14 +143,13 @@ class _Grabber:
         return (len(times) - 1) / (times[-1] - times[0])
 
 
-class Camera(Device):
+class Camera(Device[CameraSettings]):
     """A camera driver: the newest frame, JPEG snapshots and barcode decoding on demand."""
 
     kind = "camera"
 
     def __init__(self, name: str, settings: CameraSettings, bus: Bus) -> None:
         super().__init__(name, settings, bus)
-        self.settings: CameraSettings = settings
         formats = settings.formats
         if "formats" not in settings.model_fields_set:  # the default: what the decoder reads
             formats = tuple(f for f in formats if f not in DECODERS[settings.decoder].unsupported)

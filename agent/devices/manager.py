@@ -21,12 +21,12 @@ from agent.devices.printer import make_printer
 from agent.devices.readings import StateChange
 from agent.devices.scale import make_scale
 from agent.devices.scanner import make_scanner
-from agent.devices.settings import _DeviceBase
+from agent.devices.settings import DeviceSettingsBase
 from agent.tasks import task_name
 
 log = logging.getLogger("agent.devices")
 
-Builder = Callable[[str, Any, Bus], Device]
+Builder = Callable[[str, Any, Bus], Device[Any]]
 BUILDERS: dict[str, Builder] = {
     "scanner": make_scanner,
     "scale": make_scale,
@@ -41,11 +41,11 @@ class DeviceManager:
 
     name = "devices"
 
-    def __init__(self, devices: Mapping[str, _DeviceBase], bus: Bus,
+    def __init__(self, devices: Mapping[str, DeviceSettingsBase], bus: Bus,
                  report: Callable[[StateChange, dict[str, Any]], Awaitable[None]]) -> None:
         self.bus = bus
         self.configured = devices
-        self.devices: dict[str, Device] = {}
+        self.devices: dict[str, Device[Any]] = {}
         self._report = report
         self._changes: asyncio.Queue[tuple[StateChange, dict[str, Any]]] = asyncio.Queue()
         for name, settings in devices.items():
@@ -55,10 +55,10 @@ class DeviceManager:
                 device.on_change = self._changed
                 self.devices[name] = device
 
-    def get(self, name: str) -> Device | None:
+    def get(self, name: str) -> Device[Any] | None:
         return self.devices.get(name)
 
-    def by_role(self, role: str, kind: str | None = None) -> list[Device]:
+    def by_role(self, role: str, kind: str | None = None) -> list[Device[Any]]:
         """The devices with ``role`` (and ``kind``), in config order."""
         return [d for d in self.devices.values()
                 if d.settings.role == role and (kind is None or d.kind == kind)]

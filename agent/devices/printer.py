@@ -61,7 +61,7 @@ LANGUAGES: dict[str, Callable[[PrinterSettings], PrinterLanguage]] = {
 """``PrinterSettings.language`` -> the language the driver speaks."""
 
 
-class Printer(Device):
+class Printer(Device[PrinterSettings]):
     """One printer: its connection, its language, its last status and job counters.
 
     Args:
@@ -76,7 +76,6 @@ class Printer(Device):
     def __init__(self, name: str, settings: PrinterSettings, bus: Bus,
                  language: PrinterLanguage) -> None:
         super().__init__(name, settings, bus)
-        self.printer_settings = settings
         self.language = language
         self.last_status: PrinterStatus | None = None
         self.jobs_sent = 0
@@ -156,7 +155,7 @@ class Printer(Device):
         if status is not None:
             self._apply(status)
         loop = asyncio.get_running_loop()
-        interval_s = self.printer_settings.status_interval_s
+        interval_s = self.settings.status_interval_s
         while True:
             delay_s = self._last_query_s + interval_s - loop.time()
             if delay_s > 0:
@@ -226,7 +225,7 @@ class Printer(Device):
         """One status exchange; the caller holds the lock."""
         transport = self._connected()
         loop = asyncio.get_running_loop()
-        timeout_ms = self.printer_settings.status_timeout_ms
+        timeout_ms = self.settings.status_timeout_ms
         if self._one_way:
             self._last_query_s = loop.time()
             return unknown_status(b"", _ONE_WAY)

@@ -31,20 +31,25 @@ class WeightCondition(StrEnum):
     UNDER_ZERO = "under_zero"
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        elif isinstance(value, StrEnum):
-            value = value.value
-        out[f.name] = value
-    return out
+class _JsonSafe:
+    """``as_dict()`` for the dataclasses below: bytes as Latin-1 text, enums as values."""
+
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, bytes):
+                value = value.decode("latin-1")
+            elif isinstance(value, StrEnum):
+                value = value.value
+            out[f.name] = value
+        return out
 
 
 @dataclass(frozen=True, slots=True)
-class Scan:
+class Scan(_JsonSafe):
     """One barcode read by a scanner or decoded from a camera frame.
 
     ``data`` is the barcode's content without the AIM prefix; GS1 element strings keep
@@ -65,12 +70,9 @@ class Scan:
     at: float = field(default_factory=time.time)
     monotonic: float = field(default_factory=time.monotonic)
 
-    def as_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class WeightReading:
+class WeightReading(_JsonSafe):
     """One frame from a scale, normalised to grams.
 
     ``grams`` is ``None`` unless ``condition`` is ``WEIGHT``: an overloaded pan is never a
@@ -89,12 +91,9 @@ class WeightReading:
     at: float = field(default_factory=time.time)
     monotonic: float = field(default_factory=time.monotonic)
 
-    def as_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class BadInput:
+class BadInput(_JsonSafe):
     """Input from a device that was thrown away, and why (the packer may need to rescan).
 
     ``code``: ``partial_scan`` (inter-character timeout), ``too_long``, ``protocol_error``
@@ -107,12 +106,9 @@ class BadInput:
     raw: bytes = b""
     at: float = field(default_factory=time.time)
 
-    def as_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class StateChange:
+class StateChange(_JsonSafe):
     """A device changed state; ``code`` and ``message`` explain a fault or disconnect."""
 
     device: str
@@ -121,6 +117,3 @@ class StateChange:
     code: str | None
     message: str | None
     at: float = field(default_factory=time.time)
-
-    def as_dict(self) -> dict[str, Any]:
-        return _as_dict(self)

@@ -102,7 +102,7 @@ class StabilityTracker:
         return True
 
 
-class Scale(Device):
+class Scale(Device[ScaleSettings]):
     """A scale on the bench, whichever protocol it speaks.
 
     Attributes:
@@ -116,7 +116,6 @@ class Scale(Device):
     def __init__(self, name: str, settings: ScaleSettings, bus: Bus,
                  protocol: ScaleProtocol[Any]) -> None:
         super().__init__(name, settings, bus)
-        self.scale_settings = settings
         self.protocol = protocol
         self.tracker = StabilityTracker(settings.stable_count, settings.stable_band_g,
                                         settings.empty_below_g)
@@ -147,7 +146,7 @@ class Scale(Device):
             reading = await self._poll()
             if reading is None:
                 raise DeviceError(f"{self.name}: no weight within "
-                                  f"{self.scale_settings.reply_timeout_ms} ms", code="timeout")
+                                  f"{self.settings.reply_timeout_ms} ms", code="timeout")
             return reading
         self._require_transport()
         waiter: asyncio.Future[WeightReading] = asyncio.get_running_loop().create_future()
@@ -157,7 +156,7 @@ class Scale(Device):
                 return await waiter
         except TimeoutError:
             raise DeviceError(f"{self.name}: no weight within "
-                              f"{self.scale_settings.reply_timeout_ms} ms",
+                              f"{self.settings.reply_timeout_ms} ms",
                               code="timeout") from None
         finally:
             if waiter in self._waiters:
@@ -209,7 +208,7 @@ class Scale(Device):
         if self.protocol.weigh_request is not None:
             if await self._poll() is None:
                 raise DeviceError(f"{self.name} did not answer {self.protocol.weigh_request!r} "
-                                  f"within {self.scale_settings.reply_timeout_ms} ms "
+                                  f"within {self.settings.reply_timeout_ms} ms "
                                   f"(is it a {self.protocol.name} scale, line settings?)",
                                   code="timeout")
         elif not self.protocol.reports_on_change:
@@ -235,7 +234,7 @@ class Scale(Device):
     # ------------------------------------------------------------ exchanges
     async def _poll_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        interval_s = self.scale_settings.poll_interval_ms / 1000
+        interval_s = self.settings.poll_interval_ms / 1000
         while True:
             started = loop.time()
             await self._poll()
@@ -261,7 +260,7 @@ class Scale(Device):
         self._misses += 1
         if self._misses >= MISSED_POLLS:
             raise DeviceError(f"{self.name}: no weight reply to {request!r} within "
-                              f"{self.scale_settings.reply_timeout_ms} ms, {self._misses} "
+                              f"{self.settings.reply_timeout_ms} ms, {self._misses} "
                               f"polls in a row", code="timeout")
         return None
 
@@ -274,7 +273,7 @@ class Scale(Device):
         """
         loop = asyncio.get_running_loop()
         if self.protocol.reports_on_change:
-            wait_s = self.scale_settings.poll_interval_ms / 1000
+            wait_s = self.settings.poll_interval_ms / 1000
             got = await self._next_reply(loop.time() + wait_s)
             if got is None:
                 if self._held is not None:

@@ -74,7 +74,7 @@ def scan_from_text(device: str, text: str, raw: bytes, *, aim_ids: bool) -> Scan
     )
 
 
-class Scanner(Device):
+class Scanner(Device[ScannerSettings]):
     """A barcode scanner of any connection: its reads on the bus, its counters."""
 
     kind = "scanner"
@@ -82,7 +82,6 @@ class Scanner(Device):
     def __init__(self, name: str, settings: ScannerSettings, bus: Bus,
                  reader: ScanReader) -> None:
         super().__init__(name, settings, bus)
-        self.scanner_settings = settings
         self.reader = reader
         self.scans = 0
         self.discarded: Counter[str] = Counter()
@@ -106,7 +105,7 @@ class Scanner(Device):
         """Publish one complete read as a :class:`Scan` (or as ``protocol_error``)."""
         try:
             scan = scan_from_text(self.name, read.text, read.raw,
-                                  aim_ids=self.scanner_settings.aim_ids)
+                                  aim_ids=self.settings.aim_ids)
         except ProtocolError as exc:
             self.report_discarded(Discarded(exc.code, str(exc), read.raw))
             return None
@@ -135,7 +134,7 @@ class Scanner(Device):
     def details(self) -> dict[str, Any]:
         return {
             **self.reader.details(),
-            "aim_ids": self.scanner_settings.aim_ids,
+            "aim_ids": self.settings.aim_ids,
             "scans": self.scans,
             "discarded": sum(self.discarded.values()),
             "discarded_by_code": dict(self.discarded),

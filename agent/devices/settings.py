@@ -6,6 +6,7 @@ an unknown key or a bad value names the device and the key. ``kind`` picks the m
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,7 +24,7 @@ BARCODE_FORMATS = (
 )
 
 
-class _DeviceBase(BaseModel):
+class DeviceSettingsBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     connection: str
@@ -46,7 +47,7 @@ class _DeviceBase(BaseModel):
         return kind
 
     @model_validator(mode="after")
-    def _reconnect_bounds(self) -> _DeviceBase:
+    def _reconnect_bounds(self) -> DeviceSettingsBase:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be at least reconnect_min_s")
         return self
@@ -55,12 +56,13 @@ class _DeviceBase(BaseModel):
     def kind_name(self) -> str:
         return self._kind()
 
-    @property
+    @functools.cached_property
     def conn(self) -> Connection:
+        """The parsed ``connection`` (parsed once; the field validator checked it)."""
         return parse_connection(self._kind(), self.connection)
 
 
-class ScannerSettings(_DeviceBase):
+class ScannerSettings(DeviceSettingsBase):
     """A barcode scanner: keyboard wedge (``evdev://``) or serial/USB-CDC (``serial://``)."""
 
     kind: Literal["scanner"] = "scanner"
@@ -79,7 +81,7 @@ class ScannerSettings(_DeviceBase):
     max_length: Annotated[int, Field(ge=8, le=65536)] = 4096
 
 
-class ScaleSettings(_DeviceBase):
+class ScaleSettings(DeviceSettingsBase):
     """A scale: serial protocol by name, or a USB HID POS scale (``usb://VID:PID``)."""
 
     kind: Literal["scale"] = "scale"
@@ -102,7 +104,7 @@ class ScaleSettings(_DeviceBase):
         return self
 
 
-class PrinterSettings(_DeviceBase):
+class PrinterSettings(DeviceSettingsBase):
     """A label or receipt printer; ``language`` is what it speaks."""
 
     kind: Literal["printer"] = "printer"
@@ -126,7 +128,7 @@ class PrinterSettings(_DeviceBase):
         return value
 
 
-class CameraSettings(_DeviceBase):
+class CameraSettings(DeviceSettingsBase):
     """A camera: any source OpenCV opens."""
 
     kind: Literal["camera"] = "camera"
@@ -165,7 +167,7 @@ class CameraSettings(_DeviceBase):
         return value
 
 
-class SignalSettings(_DeviceBase):
+class SignalSettings(DeviceSettingsBase):
     """A stack light or buzzer (driven by the pack job)."""
 
     kind: Literal["signal"] = "signal"
@@ -175,7 +177,7 @@ DeviceSettings = Annotated[
     ScannerSettings | ScaleSettings | PrinterSettings | CameraSettings | SignalSettings,
     Field(discriminator="kind"),
 ]
-SETTINGS_BY_KIND: dict[str, type[_DeviceBase]] = {
+SETTINGS_BY_KIND: dict[str, type[DeviceSettingsBase]] = {
     "scanner": ScannerSettings,
     "scale": ScaleSettings,
     "printer": PrinterSettings,
