@@ -8,7 +8,10 @@ receive, and answer status requests from their state:
   ``~HQES``; TSPL ``<ESC>!?`` (one byte); EPL ``^ee`` (``00<CR><LF>``). Jobs are split
   (ZPL ``^XA``..``^XZ``, TSPL up to ``PRINT``, EPL up to ``P``) and labels are printed
   one every ``label_time_s`` while no fault stops the printer, so ``labels_remaining``
-  counts down as on a real printer.
+  counts down as on a real printer. The binary rows of TSPL ``BITMAP`` and EPL ``GW``
+  are read by count, as the printers do (they may hold CR, LF or ``<ESC>!?``), and every
+  picture received (``^GFA`` hex, compressed or Z64, ``BITMAP``, ``GW``) is decoded
+  into :attr:`LabelPrinterSim.graphics`, so tests see what would print.
 * :class:`EscposPrinterSim`: ``DLE EOT 1/2/3/4`` real-time status bytes.
 
 Faults are switched on and off (``paper_out``, ``head_open``...), and so are the ways a
@@ -28,14 +31,18 @@ stand-in for ``/dev/usb/lp0``).
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import re
 import select
 import socket
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from simulators.console import serve_stdin
@@ -281,10 +288,17 @@ class LabelPrinterSim(PrinterSim):
         self.extended_status = extended_status
         self.jobs: list[bytes] = []
         """Every complete job, in order, as received (status requests removed)."""
+        self.graphics: list[Graphic] = []
+        """Every picture received (``^GF``, ``BITMAP``, ``GW``), decoded, in order."""
+        self.graphic_errors: list[str] = []
+        """Why a ``^GF`` picture did not decode (a real printer would print garbage)."""
         self.labels_printed = 0
         self.label_length_dots = 1218
         self._pending = bytearray()
         self._job_lines = bytearray()
+        self._binary_left = 0
+        self._binary: tuple[int, int, str] | None = None
+        self._binary_rows = bytearray()
         self._batches: deque[int] = deque()
         self._current = 0
         self._clock = time.monotonic()
@@ -362,6 +376,7 @@ class LabelPrinterSim(PrinterSim):
                     job = bytes(buf[start:end + 3])
                     del buf[:end + 3]
                     self._job(job, _zpl_labels(job))
+                    self._zpl_graphics(job)
                     continue
             if tilde is None:
                 if start < 0:
@@ -409,10 +424,53 @@ class LabelPrinterSim(PrinterSim):
                   .encode()
                 + b"\x03\r\n")
 
+    def _zpl_graphics(self, job: bytes) -> None:
+        for match in _ZPL_GF.finditer(job):
+            kind, total, per_row = match[1].upper(), int(match[3]), int(match[4])
+            try:
+                if kind != b"A":
+                    raise ValueError(f"^GF{kind.decode()} is not simulated (only A)")
+                rows = decode_zpl_graphic(match[5], total, per_row)
+            except (ValueError, zlib.error) as exc:
+                self.graphic_errors.append(f"{match[0][:40]!r}: {exc}")
+                continue
+            self.graphics.append(Graphic(per_row * 8, total // per_row, rows, "^GF"))
+
+    def _binary_start(self, buf: bytearray, header: re.Match[bytes], command: str) -> None:
+        """A ``BITMAP``/``GW`` header: its width (bytes) x height rows follow, raw."""
+        width, height = int(header[1]), int(header[2])
+        self._job_lines += header[0]
+        del buf[:header.end()]  # the match reads buf: take its groups first
+        self._binary, self._binary_left = (width, height, command), width * height
+        self._binary_rows.clear()
+        self._binary_take(buf)
+
+    def _binary_take(self, buf: bytearray) -> None:
+        chunk = bytes(buf[:self._binary_left])
+        del buf[:len(chunk)]
+        self._job_lines += chunk
+        self._binary_rows += chunk
+        self._binary_left -= len(chunk)
+        if not self._binary_left and self._binary is not None:
+            width, height, command = self._binary
+            # TSPL BITMAP and EPL GW print a dot for a 0 bit: store 1 = black.
+            rows = bytes(255 - byte for byte in self._binary_rows)
+            self.graphics.append(Graphic(width * 8, height, rows, command))
+            self._binary = None
+
     def _tspl(self) -> bytes:
         out = bytearray()
         buf = self._pending
         while True:
+            if self._binary_left:  # BITMAP rows: any byte, even CR, LF or ESC ! ?
+                if not buf:
+                    return bytes(out)
+                self._binary_take(buf)
+                continue
+            header = _TSPL_BITMAP.match(buf)
+            if header is not None:
+                self._binary_start(buf, header, "BITMAP")
+                continue
             status, newline = buf.find(b"\x1b!?"), buf.find(b"\n")
             if status >= 0 and (newline < 0 or status < newline):
                 del buf[status:status + 3]
@@ -441,7 +499,19 @@ class LabelPrinterSim(PrinterSim):
     def _epl(self) -> bytes:
         out = bytearray()
         buf = self._pending
-        while (newline := buf.find(b"\n")) >= 0:
+        while True:
+            if self._binary_left:  # GW rows: any byte, even CR, LF or ^ee
+                if not buf:
+                    break
+                self._binary_take(buf)
+                continue
+            header = _EPL_GW.match(buf)
+            if header is not None:
+                self._binary_start(buf, header, "GW")
+                continue
+            newline = buf.find(b"\n")
+            if newline < 0:
+                break
             line = bytes(buf[:newline + 1])
             del buf[:newline + 1]
             if line.strip() == b"^ee":
@@ -468,10 +538,94 @@ class LabelPrinterSim(PrinterSim):
             self._advance()
             if what == "jobs":
                 lines = [f"{len(self.jobs)} jobs, {self.labels_printed} labels printed, "
-                         f"{self._current} remaining, {len(self._batches)} queued"]
+                         f"{self._current} remaining, {len(self._batches)} queued, "
+                         f"{len(self.graphics)} pictures"]
                 lines += [f"  {i}: {job[:120]!r}" for i, job in enumerate(self.jobs, 1)]
                 return "\n".join(lines)
             return f"{self.language} {super().describe(what)}"
+
+
+_TSPL_BITMAP = re.compile(rb"[ \t]*BITMAP[ \t]*\d+[ \t]*,[ \t]*\d+[ \t]*,[ \t]*(\d+)[ \t]*,"
+                          rb"[ \t]*(\d+)[ \t]*,[ \t]*\d+[ \t]*,")
+"""``BITMAP x,y,width_bytes,height,mode,`` at the start of a TSPL line (TSPL/TSPL2 manual)."""
+_EPL_GW = re.compile(rb"GW\d+,\d+,(\d+),(\d+),")
+"""``GWp1,p2,p3,p4,`` at the start of an EPL2 line: p3 bytes per row, p4 rows."""
+_ZPL_GF = re.compile(rb"\^GF([A-Za-z]),(\d+),(\d+),(\d+),([^^~]*)")
+"""``^GFa,b,c,d,DATA``; the data of type A runs to the next command."""
+
+
+@dataclass(frozen=True)
+class Graphic:
+    """A picture a simulated printer received: ``height`` rows of ``width // 8`` bytes,
+    leftmost dot in bit 7, 1 = black; ``command`` is ``^GF``, ``BITMAP`` or ``GW``."""
+
+    width: int
+    height: int
+    rows: bytes
+    command: str
+
+
+def crc16_ccitt(data: bytes) -> int:
+    """CRC-16/CCITT as ZPL's Z64 uses it: polynomial 0x1021, initial 0, bit by bit."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def decode_zpl_graphic(data: bytes, total: int, bytes_per_row: int) -> bytes:
+    """The rows of a ``^GFA`` picture: plain hex, Zebra's compressed hex, ``:B64:`` or
+    ``:Z64:`` (ZPL II Programming Guide: "Alternative Data Compression Scheme", "ZB64
+    Encoding"). Raises ``ValueError`` for data a printer would not read as ``total`` bytes.
+    """
+    text = re.sub(rb"\s+", b"", data).decode("ascii")
+    if text.startswith((":Z64:", ":B64:")):
+        encoded, _, crc = text[5:].rpartition(":")
+        if not re.fullmatch(r"[0-9A-Fa-f]{4}", crc) or int(crc, 16) != crc16_ccitt(
+                encoded.encode("ascii")):
+            raise ValueError(f"CRC {crc!r} does not match {crc16_ccitt(encoded.encode()):04X}")
+        try:
+            rows = base64.b64decode(encoded, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"bad base64: {exc}") from exc
+        if text.startswith(":Z64:"):
+            rows = zlib.decompress(rows)
+    else:
+        rows = _zpl_hex_rows(text, bytes_per_row)
+    if len(rows) != total:
+        raise ValueError(f"{len(rows)} bytes of picture, ^GF says {total}")
+    return rows
+
+
+def _zpl_hex_rows(text: str, bytes_per_row: int) -> bytes:
+    digits_per_row = 2 * bytes_per_row
+    rows: list[str] = []
+    row, count = "", 0
+    for char in text:
+        if "G" <= char <= "Y":
+            count += ord(char) - ord("G") + 1
+        elif "g" <= char <= "z":
+            count += (ord(char) - ord("g") + 1) * 20
+        elif char in "0123456789ABCDEFabcdef":
+            row += char.upper() * (count or 1)
+            count = 0
+        elif char in ",!" and not count:
+            row += ("0" if char == "," else "F") * (digits_per_row - len(row))
+        elif char == ":" and not count and not row and rows:
+            row = rows[-1]
+        else:
+            raise ValueError(f"unexpected {char!r} in ^GF data after {len(rows)} rows")
+        if len(row) > digits_per_row:
+            raise ValueError(f"row {len(rows) + 1} is longer than {bytes_per_row} bytes")
+        if len(row) == digits_per_row:
+            rows.append(row)
+            row = ""
+    if row or count:
+        raise ValueError(f"^GF data ends inside row {len(rows) + 1}")
+    return bytes.fromhex("".join(rows))
 
 
 def _zpl_labels(job: bytes) -> int:

@@ -117,6 +117,19 @@ class PrinterSettings(DeviceSettingsBase):
     width_mm: Annotated[float, Field(gt=0, le=300)] = 100.0
     escpos_profile: str | None = None
     """python-escpos capability profile (``TM-T88V``...); none means the generic one."""
+    text_encoding: Literal["auto", "gb18030"] = "auto"
+    """ESC/POS text (packing slips): ``auto`` encodes each character in a code page of
+    the printer's profile (python-escpos); ``gb18030`` switches the printer to Chinese
+    mode (``FS &``) and sends GB18030 bytes, for printers with a Chinese font."""
+    zpl_graphics: Literal["acs", "z64", "hex"] = "acs"
+    """ZPL ``^GF`` encoding of rendered images: ``acs`` (ASCII hex with Zebra's run-length
+    compression, every ZPL printer), ``z64`` (deflate + base64, firmware x.14 and later)
+    or ``hex`` (plain ASCII hex, largest)."""
+
+    @property
+    def width_dots(self) -> int:
+        """The printable width in dots, a whole number of bytes (8 dots each)."""
+        return int(self.width_mm * self.dpi / 25.4) // 8 * 8
 
     @field_validator("escpos_profile")
     @classmethod
