@@ -192,16 +192,7 @@ class CommandChannel:
         if message.expiry_s is not None:
             deadlines.append(message.received_at + message.expiry_s)
         if "expires_at" in body:
-            try:
-                expires_at = datetime.fromisoformat(body["expires_at"])
-            except ValueError as exc:
-                raise CommandError(f"expires_at {body['expires_at']!r} is not an RFC 3339 "
-                                   "time such as 2026-11-22T10:00:00Z",
-                                   code="invalid_command") from exc
-            if expires_at.tzinfo is None:
-                raise CommandError(f"expires_at {body['expires_at']!r} has no UTC offset; "
-                                   "add Z or +HH:MM", code="invalid_command")
-            deadlines.append(expires_at.timestamp())
+            deadlines.append(parse_time(body["expires_at"], "expires_at", "invalid_command"))
         request.expires_at = min(deadlines) if deadlines else None
 
     def _check(self, request: _Request) -> Command:
@@ -305,6 +296,22 @@ class CommandChannel:
         cutoff = time.time() - self._retention_s
         await self._store.run(lambda db: db.execute(
             "DELETE FROM commands WHERE received_at < ? AND state = 'done'", (cutoff,)))
+
+
+def parse_time(value: str, what: str, code: str) -> float:
+    """An RFC 3339 time with its UTC offset as Unix time.
+
+    Raises:
+        CommandError: with ``code``, naming ``what`` and the form expected.
+    """
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise CommandError(f"{what} {value!r} is not an RFC 3339 time such as "
+                           "2026-11-22T10:00:00Z", code=code) from exc
+    if parsed.tzinfo is None:
+        raise CommandError(f"{what} {value!r} has no UTC offset; add Z or +HH:MM", code=code)
+    return parsed.timestamp()
 
 
 def _check_expiry(request: _Request) -> None:

@@ -118,8 +118,38 @@ class AgentConfig(_Section):
     """On SIGTERM, how long to keep delivering the outbox backlog before disconnecting."""
 
 
+class PrintJobsConfig(_Section):
+    """``[jobs.print]``: the print-job queue (docs/print-jobs.md)."""
+
+    max_job_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    """Largest document (after base64 decoding) and largest rendered job, each."""
+    max_pages: Annotated[int, Field(ge=1, le=500)] = 20
+    """Most pages a PDF job may have (one label or receipt block per page)."""
+    max_queue: Annotated[int, Field(ge=1, le=100_000)] = 500
+    """Most unfinished jobs (accepted, queued, held, printing) at once; more are refused."""
+    send_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    """Longest time the bytes of one job may take to reach the printer."""
+    confirm_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    """A ZPL printer that has made no progress on a job for this long while ready (time in
+    a fault does not count) leaves the job ``uncertain``."""
+    confirm_poll_s: Annotated[float, Field(ge=0.05, le=10)] = 0.25
+    """How often a ZPL printer is asked (``~HS``) while a job prints."""
+    hold_poll_s: Annotated[float, Field(ge=0.1, le=60)] = 2.0
+    """How often a printer holding jobs (paper out, head open...) is asked again."""
+    uncertain_policy: Literal["ask", "reprint"] = "ask"
+    """A job that may have reached the printer before the agent stopped: ``ask`` reports it
+    ``uncertain`` and prints it again only on ``print.reprint``; ``reprint`` prints it
+    again at once (the parcel may get two labels)."""
+    keep_data_s: Annotated[int, Field(ge=0)] = 24 * 3600
+    """How long a finished job's bytes are kept for ``print.reprint``."""
+    retention_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+    """How long a finished job's id and state are kept to answer a repeated job id."""
+
+
 class JobsConfig(_Section):
-    """The bench's jobs (pack verification, print jobs, diagnostics); filled by later work."""
+    """The bench's jobs: print jobs now; pack verification and diagnostics later."""
+
+    print: PrintJobsConfig = PrintJobsConfig()
 
 
 class Config(_Section):

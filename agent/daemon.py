@@ -28,6 +28,7 @@ from agent.devices.discovery import discover
 from agent.devices.manager import DeviceManager
 from agent.devices.readings import StateChange
 from agent.errors import OutboxFull
+from agent.jobs.print_service import PrintService
 from agent.mqtt import Inbound, MqttLink
 from agent.outbox import Outbox, dumps, iso_time
 from agent.store import Store, meta_add, meta_get
@@ -81,6 +82,9 @@ class Daemon:
             retention_s=config.storage.command_retention_s,
             ack=self.link.ack,
         )
+        self.printing = PrintService(config.jobs.print, self.devices, self.store, self.outbox,
+                                     self.commands)
+        self.services.insert(1, self.printing)
         self.commands.register("state.resend", self._cmd_state_resend)
         self.commands.register("status.get", self._cmd_status_get)
         self.commands.register("devices.list", self._cmd_devices_list)
@@ -198,6 +202,7 @@ class Daemon:
             "uptime_s": round(now - self.started_at, 3),
             "time": iso_time(now),
             "devices": self.devices.status(),
+            "print": self.printing.status(),
             "commands": self.commands.names,
             "link": self.link.status(),
             "outbox": await self.outbox.stats(),

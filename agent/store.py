@@ -59,6 +59,29 @@ CREATE TABLE IF NOT EXISTS commands (
     reply TEXT
 );
 CREATE INDEX IF NOT EXISTS commands_age ON commands (received_at);
+CREATE TABLE IF NOT EXISTS print_jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: the queue's order
+    id TEXT NOT NULL UNIQUE,
+    printer TEXT NOT NULL,
+    document TEXT NOT NULL,
+    copies INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    labels INTEGER,
+    summary TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    expires_at REAL,
+    group_id TEXT,
+    group_seq INTEGER,
+    group_size INTEGER,
+    state TEXT NOT NULL,
+    code TEXT,
+    message TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    data BLOB                               -- the bytes for the printer; NULL once dropped
+);
+CREATE INDEX IF NOT EXISTS print_jobs_state ON print_jobs (state, updated_at);
+CREATE INDEX IF NOT EXISTS print_jobs_group ON print_jobs (group_id) WHERE group_id IS NOT NULL;
 """
 
 

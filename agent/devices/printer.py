@@ -81,6 +81,9 @@ class Printer(Device[PrinterSettings]):
         self.jobs_sent = 0
         self.bytes_sent = 0
         self.labels_sent = 0
+        self.jobs_printed = 0
+        """Jobs the printer confirmed printed (ZPL ``~HS``), counted by the print queue."""
+        self.labels_printed = 0
         self._transport: Transport | None = None
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -121,6 +124,21 @@ class Printer(Device[PrinterSettings]):
         self._apply(status)
         return status
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open and has not failed (a job can be sent now)."""
+        return self._transport is not None and self._gone is None
+
+    @property
+    def can_report_status(self) -> bool:
+        """``False`` for a printer without a return channel (USB without an IN endpoint)."""
+        return not self._one_way
+
+    @property
+    def confirms_printing(self) -> bool:
+        """Whether the printer says when a job's labels have printed (ZPL ``~HS``)."""
+        return self.language.name == "zpl" and self.can_report_status
+
     def labels_in(self, job: bytes) -> int | None:
         """How many labels ``job`` prints in this printer's language (``None``: unknown)."""
         return self.language.labels_in(job)
@@ -131,6 +149,8 @@ class Printer(Device[PrinterSettings]):
             "jobs_sent": self.jobs_sent,
             "bytes_sent": self.bytes_sent,
             "labels_sent": self.labels_sent,
+            "jobs_printed": self.jobs_printed,
+            "labels_printed": self.labels_printed,
             "status": self.last_status.as_dict(full=False) if self.last_status else None,
         }
 
