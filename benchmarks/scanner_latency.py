@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import statistics
 import tempfile
 import threading
@@ -33,6 +32,7 @@ from agent.bus import Bus
 from agent.devices.readings import Scan
 from agent.devices.scanner import Scanner, make_scanner
 from agent.devices.settings import ScannerSettings
+from benchmarks.stats import machine, percentile
 from simulators.scanner import SerialScannerSimulator
 
 BARCODES = (
@@ -46,10 +46,6 @@ def barcode(n: int) -> tuple[str, str]:
     aim, pattern = BARCODES[n % len(BARCODES)]
     return aim, pattern.format(n=n)
 
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 async def measure(link: Path, scans: int, burst: int) -> None:
@@ -103,8 +99,7 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=2000, help="scans timed one by one")
     parser.add_argument("--burst", type=int, default=5000, help="scans sent back to back")
     args = parser.parse_args()
-    print(f"Python {platform.python_version()} on {platform.machine()}, "
-          f"{platform.system()} {platform.release()}")
+    print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(measure(Path(tmp) / "scanner0", args.scans, args.burst))
 

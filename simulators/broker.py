@@ -53,6 +53,10 @@ class Broker:
             f"require_certificate {'true' if self.require_certificate else 'false'}",
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             "max_queued_messages 1000000",
+            # Nagle's algorithm on the broker's sockets holds a small packet back until the
+            # previous one is acknowledged, and the receiver delays its ACK by up to 40 ms:
+            # every command and PUBACK would wait for it. Production brokers want it too.
+            "set_tcp_nodelay true",
             "log_dest stdout",
             "log_type error",
             "log_type warning",

@@ -23,6 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.mqtt import no_nagle
+
 
 @dataclass(frozen=True)
 class Received:
@@ -87,6 +89,7 @@ class CentralSystem:
                                 properties=props)
         else:
             self.client.connect(self._host, self._port)
+        no_nagle(self.client)
         self.client.loop_start()
         if not self._connected.wait(timeout_s):
             raise TimeoutError(f"central system could not connect to {self._port}")

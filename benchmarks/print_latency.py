@@ -1,0 +1,149 @@
+"""Print path: central publish -> first byte at the printer, and jobs/s into the queue.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.print_latency [--jobs N] [--burst N]
+
+Everything is real: mosquitto (TLS, a free loopback port), the agent as its own process
+(``bench-agent run``) with its database on disk under ``/var/tmp``, a ZPL label printer
+simulator on a TCP port and a central-system client (paho, TLS) in this process.
+
+1. latency: one ``print.submit`` at a time (raw ZPL, about 60 bytes), timed from just
+   before the central system's ``publish`` to the moment the first bytes of that job reach
+   the simulator's socket; the next job goes after the agent reports the previous one
+   ``printed``. The path: broker, command record (fsync), render, job + ``accepted`` and
+   ``queued`` events (fsync), the printer's ``~HS`` before sending, ``printing`` (fsync),
+   the bytes. One process holds both clocks (``perf_counter``).
+2. intake: ``--burst`` jobs published back to back while the printer is paused (nothing
+   prints), timed from the first publish to the ``queued`` event of the last one at the
+   central system: jobs accepted into the durable queue per second, every one validated,
+   stored with fsync and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.stats import machine, percentile
+from simulators.broker import Broker
+from simulators.central import CentralSystem
+from simulators.pki import make_pki
+from simulators.printer import LabelPrinterSim
+from tests.harness import bench_config, write_toml
+
+SITE, BENCH = "sh01", "b07"
+
+
+class TimedPrinter(LabelPrinterSim):
+    """A ZPL printer simulator that notes when each job's first bytes arrive."""
+
+    def __init__(self) -> None:
+        super().__init__("zpl")
+        self.first_byte: dict[bytes, float] = {}
+        self.arrived = threading.Condition()
+
+    def receive(self, data: bytes) -> bytes:
+        now = time.perf_counter()
+        start = data.find(b"^FDbench-")
+        if data.startswith(b"^XA") and start >= 0:
+            marker = data[start + 3:data.find(b"^FS", start)]
+            with self.arrived:
+                self.first_byte.setdefault(marker, now)
+                self.arrived.notify_all()
+        return super().receive(data)
+
+
+
+def document(n: int) -> dict[str, str]:
+    job = f"^XA^FO50,50^A0N,40,40^FDbench-{n}^FS^XZ".encode()
+    return {"format": "zpl", "data": base64.b64encode(job).decode()}
+
+
+def submit(central: CentralSystem, n: int, prefix: str = "job") -> None:
+    central.send(SITE, BENCH, "print.submit",
+                 {"id": f"cmd-{prefix}-{n}", "args": {"job_id": f"{prefix}-{n}",
+                                                      "printer": "label",
+                                                      "document": document(n)}})
+
+
+def job_state(central: CentralSystem, job_id: str, state: str, timeout_s: float,
+              count: int = 1) -> None:
+    central.wait_for(lambda m: m.topic.endswith("/events/print_job")
+                     and (m.json["data"]["job_id"] == job_id
+                          or (job_id.endswith("-") and m.json["data"]["job_id"].startswith(job_id)))
+                     and m.json["data"]["state"] == state, timeout_s, count)
+
+
+def run(root: Path, jobs: int, burst: int) -> None:
+    pki = make_pki(root / "pki", clients=("bench", "central"))
+    broker = Broker(root / "broker", pki).start()
+    printer = TimedPrinter().start()
+    doc = bench_config(root, broker.port, pki.ca, devices={
+        "label": {"kind": "printer", "language": "zpl", "role": "label",
+                  "connection": f"tcp://127.0.0.1:{printer.port}"}},
+        jobs={"print": {"max_queue": burst + jobs + 10, "confirm_poll_s": 0.05}},
+        log={"level": os.environ.get("BENCH_LOG_LEVEL", "warning")})
+    config = write_toml(root / "agent.toml", doc)
+    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(config)],
+                             stdout=(root / "agent.log").open("wb"), stderr=subprocess.STDOUT)
+    central = CentralSystem(broker.port, pki.ca).connect()
+    central.watch()
+    try:
+        central.wait_for(lambda m: m.topic.endswith("/events/device_state")
+                         and m.json["data"]["state"] == "ready", 30)
+        for n in range(20):  # warm-up
+            submit(central, n)
+            job_state(central, f"job-{n}", "printed", 20)
+        latencies_ms: list[float] = []
+        for n in range(100, 100 + jobs):
+            marker = f"bench-{n}".encode()
+            started = time.perf_counter()
+            submit(central, n)
+            with printer.arrived:
+                assert printer.arrived.wait_for(lambda m=marker: m in printer.first_byte, 20)
+            latencies_ms.append((printer.first_byte[marker] - started) * 1000)
+            job_state(central, f"job-{n}", "printed", 20)
+        print(f"latency over {jobs} jobs, central publish -> first byte at the printer: "
+              f"p50 {statistics.median(latencies_ms):.1f} ms, "
+              f"p99 {percentile(latencies_ms, 0.99):.1f} ms, max {max(latencies_ms):.1f} ms")
+
+        printer.set_fault("paused")
+        started = time.perf_counter()
+        for n in range(burst):
+            submit(central, n, prefix="burst")
+        published_s = time.perf_counter() - started
+        job_state(central, "burst-", "queued", 300, count=burst)
+        elapsed_s = time.perf_counter() - started
+        print(f"intake: {burst} jobs published in {published_s:.2f} s, all queued (validated, "
+              f"stored with fsync, reported) after {elapsed_s:.2f} s = "
+              f"{burst / elapsed_s:,.0f} jobs/s")
+    finally:
+        central.close()
+        agent.terminate()
+        agent.wait(30)
+        printer.stop()
+        broker.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=300, help="jobs timed one by one")
+    parser.add_argument("--burst", type=int, default=1000, help="jobs published back to back")
+    args = parser.parse_args()
+    print(machine())
+    base = Path("/var/tmp") if Path("/var/tmp").is_dir() else None
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        run(Path(tmp), args.jobs, args.burst)
+
+
+if __name__ == "__main__":
+    main()
