@@ -4,7 +4,8 @@
 scanner on pseudo-terminals, a ZPL label printer and an ESC/POS receipt printer on TCP,
 a camera reading generated frames with barcodes. The demo then plays a few things that
 happen on a real bench (a scan, a parcel on the scale, the label printer running out of
-paper, the scale's cable pulled and plugged back) and prints what the central system
+paper while a waybill and its packing slip wait to print, the scale's cable pulled and
+plugged back) and prints what the central system
 sees. It keeps its state in ``.demo/`` (certificates, broker persistence, the agent's
 database), so a second run resumes the same bench: the session counter goes up and
 anything left in the outbox is delivered. Ctrl-C (or ``--duration``, counted after the
@@ -14,6 +15,7 @@ scripted part) stops the agent cleanly, then the simulators and the broker.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import signal
 import subprocess
@@ -105,6 +107,8 @@ kind = "printer"
 language = "escpos"
 role = "packing_slip"
 connection = "tcp://127.0.0.1:{bench.slip.port}"
+width_mm = 72.0
+text_encoding = "gb18030"
 
 [devices.camera]
 kind = "camera"
@@ -128,6 +132,11 @@ def _describe(message: Received) -> str:
     if body.get("kind") == "device_state":
         fault = f" {data['code']}: {data['message']}" if data.get("code") else ""
         return f"device {data['device']} ({data['kind']}) {data['state']}{fault}"
+    if body.get("kind") == "print_job":
+        why = f" {data['code']}" if data.get("code") else ""
+        again = " (duplicate)" if data.get("duplicate") else ""
+        return (f"print job {data['job_id']} on {data['printer']} {data['state']}{why}{again}: "
+                f"{data['message']}")
     if body.get("kind") == "command.reply":
         outcome = "ok" if data.get("ok") else f"error {data.get('error')}"
         return f"reply to {data.get('command')} {data.get('command_id')}: {outcome}"
@@ -164,6 +173,31 @@ def _ready_later(central: CentralSystem, device: str) -> Callable[[], None]:
     return lambda: central.wait_for(match, timeout_s=20, count=before + 1) and None
 
 
+def _send_pair(central: CentralSystem, waybill: str) -> None:
+    """A waybill (ZPL) and its packing slip (fields, Chinese included) as one group."""
+    label = (f"^XA^CI28^FO40,40^A0N,40,40^FDSF Express^FS^FO40,100^BY3^BCN,160,Y,N,N"
+             f"^FD{waybill}^FS^XZ").encode()
+    central.request(SITE, BENCH, "print.submit", {
+        "job_id": f"{waybill}-waybill", "role": "waybill",
+        "document": {"format": "zpl", "data": base64.b64encode(label).decode()},
+        "group": {"id": waybill, "seq": 1, "size": 2}})
+    central.request(SITE, BENCH, "print.submit", {
+        "job_id": f"{waybill}-slip", "role": "packing_slip",
+        "document": {"format": "slip", "template": "packing_slip", "fields": {
+            "shop": "Orchard Fresh 果园鲜", "order_ids": ["SO-2026-120301"],
+            "waybill": waybill, "buyer": "Li Wei",
+            "lines": [{"sku": "PEACH-12", "name": "水蜜桃 12个装", "quantity": 1},
+                      {"sku": "BOX-S", "name": "Gift box", "quantity": 1}],
+            "note": "Handle with care", "barcode": waybill}},
+        "group": {"id": waybill, "seq": 2, "size": 2}})
+
+
+def _job_state(central: CentralSystem, job_id: str, state: str) -> None:
+    central.wait_for(lambda m: m.topic.endswith("/events/print_job")
+                     and m.json["data"]["job_id"] == job_id
+                     and m.json["data"]["state"] == state, timeout_s=20)
+
+
 def _play(central: CentralSystem, bench: Bench) -> None:
     """A few minutes of a bench's life, in seconds."""
     for device in ("scale", "scanner", "label", "slip", "camera"):
@@ -176,9 +210,17 @@ def _play(central: CentralSystem, bench: Bench) -> None:
     ready_label = _ready_later(central, "label")
     bench.label.set_fault("paper_out")
     _device_state(central, "label", "faulted")
-    print("[demo] labels loaded again")
+    print("[demo] the central system sends the parcel's waybill and packing slip as a pair")
+    waybill = time.strftime("SF%y%m%d%H%M%S")  # a new parcel every run: the bench prints
+    _send_pair(central, waybill)                # a job id once, even across runs
+    _job_state(central, f"{waybill}-waybill", "held")
+    print("[demo] labels loaded again: the waybill prints, then the slip")
     bench.label.set_fault("paper_out", on=False)
     ready_label()
+    _job_state(central, f"{waybill}-waybill", "printed")
+    _job_state(central, f"{waybill}-slip", "sent")
+    print(f"[demo] the label printer holds {len(bench.label.jobs)} job(s); the slip printer "
+          f"took {len(bench.slip.received)} bytes")
     print("[demo] the scale's USB cable is pulled")
     ready_scale = _ready_later(central, "scale")
     bench.scale.unplug()

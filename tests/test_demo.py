@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,13 @@ def test_the_demo_brings_a_bench_online_answers_commands_and_stops_cleanly(
                          ("slip", "printer"), ("camera", "camera")):
         assert f"[central] device {device} ({kind}) ready" in out
     assert "[central] device label (printer) faulted paper_out" in out
+    held = re.search(r"print job (SF\d{12})-waybill on label held paper_out", out)
+    assert held, out
+    waybill = held[1]
+    assert f"print job {waybill}-slip on slip held waiting_for_group" in out
+    assert out.index(f"{waybill}-waybill on label printed") < out.index(
+        f"{waybill}-slip on slip printing")
+    assert f"print job {waybill}-slip on slip sent" in out
     assert "[central] device scale (scale) disconnected disconnected" in out
     assert "devices.list: scale ready, scanner ready, label ready, slip ready, camera ready" \
         in out
