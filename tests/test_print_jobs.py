@@ -481,3 +481,24 @@ def test_a_packing_slip_with_chinese_text_reaches_the_receipt_printer_in_gb18030
     assert "水蜜桃 12个装".encode("gb18030") in received
     assert b"PEACH-12" in received and b"SO-1" in received
     assert agent.stop() == 0
+
+
+def test_the_send_limit_grows_with_the_wire_time_of_a_serial_printer() -> None:
+    """A big PDF label over a 9600 baud cable takes minutes: that is not a stalled printer."""
+    from agent.bus import Bus
+    from agent.config import PrintJobsConfig
+    from agent.devices.printer import make_printer
+    from agent.devices.settings import PrinterSettings
+    from agent.jobs.spooler import Spooler
+
+    config = PrintJobsConfig(send_timeout_s=30.0)
+
+    def limit(connection: str, size: int) -> float:
+        printer = make_printer("p", PrinterSettings(connection=connection, language="zpl"),
+                               Bus())
+        return Spooler(printer, None, config)._send_limit_s(size)  # type: ignore[arg-type]
+
+    assert limit("serial:///dev/ttyS0?baud=9600", 96_000) == 130.0  # 10 bits a byte
+    assert limit("serial:///dev/ttyS0", 9_600) == 40.0  # the language's 9600 default
+    assert limit("serial:///dev/ttyS0?baud=115200", 115_200) == 40.0
+    assert limit("tcp://127.0.0.1:9100", 10_000_000) == 30.0

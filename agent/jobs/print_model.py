@@ -69,6 +69,7 @@ JOB_CODES: dict[str, str] = {
     "not_reprintable": "only printed, sent, uncertain or failed jobs can be reprinted",
     "data_expired": "the job's bytes are gone (jobs.print.keep_data_s)",
     "unknown_job": "no job with that id",
+    "internal_error": "a bug in the agent ended the job (logged with its traceback)",
 }
 """Codes of ``print_job`` events and print command errors, besides the printer's fault
 codes (``paper_out``...) and the document codes (:mod:`agent.jobs.documents`)."""

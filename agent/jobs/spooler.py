@@ -67,6 +67,11 @@ class Spooler:
                         # The job's state could not be stored: it stays where it was.
                         log.error("print job %s waits: %s", job.id, exc)
                         await self._nap(self.config.hold_poll_s)
+                    except Exception as exc:
+                        # A bug must not stop the printer's queue or restart the agent in a
+                        # loop on the same job: this job ends, the next ones go on.
+                        log.exception("print job %s: unexpected failure", job.id)
+                        await self._give_up(job, exc)
                     finally:
                         self.current = None
             finally:
@@ -106,13 +111,14 @@ class Spooler:
                                         f"sending {len(data)} bytes to {self.printer.name}",
                                         expect=WAITING):
             return  # cancelled or expired meanwhile
+        limit_s = self._send_limit_s(len(data))
         try:
-            async with asyncio.timeout(self.config.send_timeout_s):
+            async with asyncio.timeout(limit_s):
                 await self.printer.send(data)
         except TimeoutError:
             await self._uncertain(job, "send_timeout",
                                   f"{self.printer.name} did not take the job's {len(data)} "
-                                  f"bytes within {self.config.send_timeout_s:g} s")
+                                  f"bytes within {limit_s:g} s")
             return
         except DeviceError as exc:
             await self._uncertain(job, "send_failed", f"{self.printer.name}: {exc} while sending")
@@ -125,6 +131,15 @@ class Spooler:
                         f"whether a label has printed")
             await service.transition(job, JobState.SENT, None,
                                      f"{self.printer.name} took all {len(data)} bytes; {why}")
+
+    def _send_limit_s(self, size: int) -> float:
+        """``send_timeout_s``, plus the wire time of ``size`` bytes on a serial line (10 bits
+        a byte: start, 8 data, stop): a 200 kB PDF label takes 208 s at 9600 baud."""
+        conn = self.printer.connection
+        if conn.scheme != "serial":
+            return self.config.send_timeout_s
+        baud = int(conn.params.get("baud", self.printer.language.line.baud))
+        return round(self.config.send_timeout_s + size * 10 / baud, 1)
 
     async def _blocker(self) -> tuple[str, str] | None:
         """Why the printer cannot take a job now, as (code, message); ``None``: it can."""
@@ -189,6 +204,18 @@ class Spooler:
                                       f"{counts[1]} label(s) in its buffer after "
                                       f"{self.config.confirm_timeout_s:g} s without progress")
                 return
+
+    async def _give_up(self, job: PrintJob, exc: Exception) -> None:
+        what = f"internal error: {type(exc).__name__}: {exc}"
+        try:
+            if job.state is JobState.PRINTING:
+                await self._uncertain(job, "internal_error", what)
+            else:
+                await self.service.transition(job, JobState.FAILED, "internal_error", what,
+                                              expect=WAITING)
+        except Exception:
+            log.exception("print job %s: its failure could not be stored", job.id)
+            await self._nap(self.config.hold_poll_s)
 
     async def _uncertain(self, job: PrintJob, code: str, what: str) -> None:
         """The job may or may not have printed: say so, and never resend it by itself."""
