@@ -163,18 +163,20 @@ def test_an_escpos_job_by_role_is_reported_sent_with_copies_repeated(
 def test_paper_out_holds_the_queue_and_it_prints_in_order_after_recovery(
         central: CentralSystem, bench: Callable[..., AgentProcess],
         label: LabelPrinterSim) -> None:
-    label.label_time_s = 0.4
+    label.label_time_s = 1.0
     agent = bench()
     ready(central, "label")
     jobs = [zpl(f"parcel {n}") for n in range(3)]
     submit(central, "q-0", raw("zpl", jobs[0]))
     wait_state(central, "q-0", "printing")
+    wait_until(lambda: len(label.jobs) == 1, 10, "the first job at the printer")
     label.set_fault("paper_out")  # runs out while the first label is printing
     for n in (1, 2):
         submit(central, f"q-{n}", raw("zpl", jobs[n]))
     stalled = central.wait_for(lambda m: _is_job("q-0", "printing")(m)
                                and m.json["data"]["code"] == "paper_out", 20)[0].json["data"]
-    assert "paper out" in stalled["message"] and "label(s) still to print" in stalled["message"]
+    assert "paper out" in stalled["message"]
+    assert "1 label(s) of the job still to print" in stalled["message"]
     time.sleep(1.0)
     assert label.jobs == jobs[:1], "nothing more is sent while the paper is out"
     assert "printing" not in states(central, "q-1")
@@ -250,7 +252,7 @@ def test_an_unplugged_printer_holds_jobs_and_a_cut_mid_job_is_uncertain_not_rese
 def test_kill9_with_jobs_in_flight_reports_uncertain_and_prints_the_rest_once(
         central: CentralSystem, bench: Callable[..., AgentProcess],
         label: LabelPrinterSim) -> None:
-    label.label_time_s = 1.5
+    label.label_time_s = 3.0
     agent = bench()
     ready(central, "label")
     jobs = {f"k-{n}": zpl(f"kill {n}") for n in range(3)}
@@ -321,7 +323,7 @@ def test_a_job_expires_while_held_and_one_expired_on_arrival_never_prints(
     agent = bench()
     ready(central, "label")
     label.set_fault("paper_out")
-    submit(central, "e-1", raw("zpl", zpl("late")), expires_at=in_later(1.0))
+    submit(central, "e-1", raw("zpl", zpl("late")), expires_at=in_later(2.0))
     expired = wait_state(central, "e-1", "expired")
     assert expired["code"] == "expired" and "before it could print" in expired["message"]
     reply = submit(central, "e-2", raw("zpl", zpl("too late")), expires_at=in_later(-5))

@@ -184,12 +184,14 @@ class Spooler:
                 code = status.blocking_faults[0]
                 if stalled != code:
                     stalled = code
-                    left = status.labels_remaining
+                    left = (f"; {status.labels_remaining} label(s) of the job still to print"
+                            if status.labels_remaining else
+                            "; the job waits in the printer's buffer"
+                            if status.formats_in_buffer else "")
                     await service.transition(
                         job, JobState.PRINTING, code,
-                        f"{printer.name} stopped: {status.message}"
-                        + (f"; {left} label(s) still to print" if left else "")
-                        + "; it goes on when the printer is fixed")
+                        f"{printer.name} stopped: {status.message}{left}; it goes on when "
+                        f"the printer is fixed")
                 idle_since = loop.time()
                 continue
             if stalled is not None and status.ready:
