@@ -311,6 +311,8 @@ def parse_time(value: str, what: str, code: str) -> float:
                            "2026-11-22T10:00:00Z", code=code) from exc
     if parsed.tzinfo is None:
         raise CommandError(f"{what} {value!r} has no UTC offset; add Z or +HH:MM", code=code)
+    if not 1 < parsed.year < 9999:  # its UTC form must exist too (reports use it)
+        raise CommandError(f"{what} {value!r} is outside the years 0002 to 9998", code=code)
     return parsed.timestamp()
 
 

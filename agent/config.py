@@ -127,6 +127,8 @@ class PrintJobsConfig(_Section):
     """Most pages a PDF job may have (one label or receipt block per page)."""
     max_queue: Annotated[int, Field(ge=1, le=100_000)] = 500
     """Most unfinished jobs (accepted, queued, held, printing) at once; more are refused."""
+    render_timeout_s: Annotated[float, Field(gt=0, le=600)] = 20.0
+    """Longest time rendering one PNG or PDF may take (in the render worker process)."""
     send_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     """Longest time the bytes of one job may take to reach the printer."""
     confirm_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
@@ -136,6 +138,9 @@ class PrintJobsConfig(_Section):
     """How often a ZPL printer is asked (``~HS``) while a job prints."""
     hold_poll_s: Annotated[float, Field(ge=0.1, le=60)] = 2.0
     """How often a printer holding jobs (paper out, head open...) is asked again."""
+    group_timeout_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] = 900.0
+    """How long a group's later job waits for an earlier one to arrive before it fails
+    (``group_failed``); waiting for one that arrived and waits to print has no limit."""
     uncertain_policy: Literal["ask", "reprint"] = "ask"
     """A job that may have reached the printer before the agent stopped: ``ask`` reports it
     ``uncertain`` and prints it again only on ``print.reprint``; ``reprint`` prints it

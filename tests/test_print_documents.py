@@ -263,6 +263,35 @@ def test_zpl_commands_that_reconfigure_the_printer_are_forbidden(job: bytes,
     assert "print jobs may not reconfigure the printer" in error.message
 
 
+@pytest.mark.parametrize(("job", "what"), [
+    (b"^XA\x1eJUS^XZ", "^JU"),              # RS is the printer's alternate caret
+    (b"\x10JR^XA^FDx^FS^XZ", "~JR"),          # DLE its alternate tilde
+    (b"^XA\x1eCC+^XZ", "^CC"),
+    (b"~JI^XA^FDx^FS^XZ", "~JI"), (b"^XA^FDx^FS^XZ~PP", "~PP"),
+    (b'^XA^FDx^FS^XZ\r\n! U1 setvar "ip.addr" "10.0.0.9"\r\n', "Set-Get-Do"),
+    (b'! U1 do "device.reset" ""\r\n^XA^FDx^FS^XZ', "Set-Get-Do"),
+    (b'{}{"device.reset":null}^XA^FDx^FS^XZ', "Set-Get-Do"),
+])
+def test_the_zpl_check_reads_the_job_as_the_printer_does(job: bytes, what: str) -> None:
+    error = failure(doc("zpl", job), printer("zpl"))
+    assert error.code == "forbidden_command", error.message
+    assert what in error.message
+
+
+def test_an_sgd_getvar_or_words_in_a_field_are_not_refused() -> None:
+    job = b'^XA^FO10,10^FD! U1 getvar and {} are text here^FS^XZ'
+    assert render(doc("zpl", job), printer("zpl")).data == job
+
+
+def test_gb18030_slip_refuses_characters_outside_the_printers_chinese_font() -> None:
+    lines = [{"sku": "P-1", "name": "Straße • 桃子", "quantity": 1}]
+    error = failure(slip(lines=lines), printer("escpos", text_encoding="gb18030"))
+    assert error.code == "unprintable_text"
+    assert "'ß' (U+00DF) in fields.lines[0].name" in error.message
+    assert "'•' (U+2022)" in error.message and "桃" not in error.message
+    assert "four-byte codes" in error.message
+
+
 def test_bad_base64_and_unknown_forms_are_refused() -> None:
     error = failure({"format": "zpl", "data": "^XA^XZ"}, printer("zpl"))
     assert error.code == "invalid_document"

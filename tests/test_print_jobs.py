@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -504,3 +505,89 @@ def test_the_send_limit_grows_with_the_wire_time_of_a_serial_printer() -> None:
     assert limit("serial:///dev/ttyS0", 9_600) == 40.0  # the language's 9600 default
     assert limit("serial:///dev/ttyS0?baud=115200", 115_200) == 40.0
     assert limit("tcp://127.0.0.1:9100", 10_000_000) == 30.0
+
+
+def slow_pdf(fills: int) -> bytes:
+    """A small PDF whose one page takes PDFium long to draw: ``fills`` overlapping filled
+    paths in a deflated content stream (20,000 take about 10 s on the CI machine)."""
+    content = zlib.compress(b"0.5 w " + b"10 10 m 280 420 l 20 400 l 270 15 l h f\n" * fills)
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 288 432] /Contents 4 0 R >>",
+               b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(content) + content
+               + b"\nendstream"]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_a_pdf_that_renders_too_long_is_stopped_and_the_next_one_prints(
+        central: CentralSystem, bench: Callable[..., AgentProcess],
+        label: LabelPrinterSim) -> None:
+    agent = bench(render_timeout_s=1.0)
+    ready(central, "label")
+    started = time.monotonic()
+    reply = submit(central, "slow-1", {"format": "pdf",
+                                       "data": base64.b64encode(slow_pdf(40_000)).decode()})
+    assert reply["ok"] is False and reply["error"]["code"] == "render_timeout", reply
+    assert "jobs.print.render_timeout_s" in reply["error"]["message"]
+    assert time.monotonic() - started < 8, "the render was stopped at its time limit"
+    wait_state(central, "slow-1", "failed")
+    ok = submit(central, "fast-1", {"format": "pdf",
+                                    "data": base64.b64encode(_pdf_with_a_bar()).decode()})
+    assert ok["ok"] is True, ok
+    wait_state(central, "fast-1", "printed")
+    assert len(label.graphics) == 1
+    assert agent.stop() == 0
+
+
+def test_a_cancel_that_arrives_while_the_job_is_rendered_is_not_lost(
+        central: CentralSystem, bench: Callable[..., AgentProcess],
+        label: LabelPrinterSim) -> None:
+    agent = bench()
+    ready(central, "label")
+    submit(central, "warm", {"format": "pdf",  # starts the render worker
+                             "data": base64.b64encode(_pdf_with_a_bar()).decode()})
+    wait_state(central, "warm", "printed")
+    pdf = base64.b64encode(slow_pdf(3_000)).decode()  # renders for a second or so
+    central.send(SITE, BENCH, "print.submit",
+                 {"id": "submit-r1", "args": {"job_id": "r-1", "printer": "label",
+                                              "document": {"format": "pdf", "data": pdf}}})
+    cancel = central.request(SITE, BENCH, "print.cancel", {"job_id": "r-1"}, timeout_s=30)
+    assert cancel["ok"] is True and cancel["result"]["state"] == "cancelled", cancel
+    time.sleep(1.0)
+    assert states(central, "r-1") == ["accepted", "queued", "cancelled"]
+    assert len(label.graphics) == 1, "only the warm-up job printed"
+    assert agent.stop() == 0
+
+
+def test_a_group_number_is_used_once_and_a_missing_first_job_fails_the_group_in_time(
+        central: CentralSystem, bench: Callable[..., AgentProcess],
+        slip: EscposPrinterSim) -> None:
+    agent = bench(group_timeout_s=1.0)
+    ready(central, "label", "slip")
+    receipt = b"\x1b@slip\n"
+    submit(central, "g-wb", raw("zpl", zpl("G1")), group={"id": "G1", "seq": 1, "size": 2})
+    submit(central, "g-slip", raw("escpos", receipt), printer="slip",
+           group={"id": "G1", "seq": 2, "size": 2})
+    wait_state(central, "g-slip", "sent")
+    again = submit(central, "g-wb-2", raw("zpl", zpl("G1 again")),
+                   group={"id": "G1", "seq": 1, "size": 2})
+    assert again["ok"] is False and again["error"]["code"] == "group_conflict", again
+    assert "new group id" in again["error"]["message"]
+    beyond = submit(central, "g-3", raw("zpl", zpl("x")), group={"id": "G9", "seq": 3, "size": 2})
+    assert beyond["ok"] is False and beyond["error"]["code"] == "invalid_args"
+    submit(central, "lonely", raw("escpos", receipt), printer="slip",
+           group={"id": "G2", "seq": 2, "size": 2})
+    failed = wait_state(central, "lonely", "failed")
+    assert failed["code"] == "group_failed" and "group_timeout_s" in failed["message"]
+    assert bytes(slip.received) == receipt
+    assert agent.stop() == 0

@@ -37,6 +37,8 @@ DOCUMENT_ERROR_CODES: dict[str, str] = {
                             "template, a packing slip on a label printer, a slip barcode "
                             "or image the printer's profile cannot print",
     "unprintable_text": "slip text with characters no code page of the printer can print",
+    "render_timeout": "rendering a PNG or PDF took longer than jobs.print.render_timeout_s "
+                      "(the render was stopped)",
     "forbidden_command": "a raw ZPL document with a command that reconfigures, resets or "
                          "erases the printer",
 }
@@ -86,12 +88,22 @@ ZPL_FORBIDDEN: tuple[tuple[str, str], ...] = (
     ("^KP", "changes the front panel password"),
     ("~WC", "prints a configuration label (not counted as a label, shows network settings)"),
     ("^WD", "prints a directory label (not counted as a label)"),
+    ("^JI", "starts ZBI, the printer's BASIC interpreter"),
+    ("~JI", "starts ZBI, the printer's BASIC interpreter"),
+    ("~PP", "pauses the printer until someone presses the pause key"),
 )
 """Refused in raw ZPL (code ``forbidden_command``); ``docs/print-documents.md`` lists them."""
 
 _ZPL_FORBIDDEN = re.compile(b"|".join(re.escape(command.encode()) for command, _ in
                                       ZPL_FORBIDDEN), re.I)
 _ZPL_WHY = {command.upper(): why for command, why in ZPL_FORBIDDEN}
+# Zebra printers also read RS (0x1E) as the caret and DLE (0x10) as the tilde (ZPL II
+# Programming Guide, "Changing the Prefix": the alternate prefixes), so the checks read
+# the job with those replaced.
+_ALTERNATE_PREFIXES = bytes.maketrans(b"\x1e\x10", b"^~")
+# Set-Get-Do commands change settings outside any format: "! U1 setvar ...", "! U1 do ...",
+# and their JSON form "{}{...}" (Zebra SGD Command Reference).
+_ZPL_SGD = re.compile(rb"!\s*U1?\s+(setvar|do)\b|\{\}\s*\{", re.I)
 _ZPL_FORMAT_MARK = re.compile(rb"\^X[AZ]", re.I)
 _BASE64_WHITESPACE = {ord(c): None for c in " \t\r\n"}
 _MAGIC = ((b"\xff\xd8\xff", "a JPEG"), (b"GIF8", "a GIF"), (b"%PDF", "a PDF"),
@@ -117,7 +129,7 @@ class Limits:
     max_bytes: int = 4 * 1024 * 1024
     """Decoded document AND rendered job, each."""
     max_pages: int = 20
-    max_pixels: int = 40_000_000
+    max_pixels: int = 16_000_000
     """Per page or image, before it is scaled to the printer's width."""
 
 
@@ -324,6 +336,12 @@ def check_zpl(data: bytes) -> None:
     without ``^XA``, there must be at least one format, and no command of
     :data:`ZPL_FORBIDDEN` may appear (case-insensitive, as the printer reads them).
     """
+    data = data.translate(_ALTERNATE_PREFIXES)
+    sgd = _ZPL_SGD.search(data)
+    if sgd is not None:
+        raise DocumentError(f"ZPL document has a Set-Get-Do command {sgd[0][:24]!r} at byte "
+                            f"{sgd.start():,}: print jobs may not change printer settings",
+                            code="forbidden_command")
     forbidden = _ZPL_FORBIDDEN.search(data)
     if forbidden is not None:
         command = forbidden[0].decode("ascii").upper()

@@ -56,7 +56,9 @@ REPRINTABLE = DONE | {JobState.UNCERTAIN, JobState.FAILED}
 
 JOB_CODES: dict[str, str] = {
     "waiting_for_group": "an earlier job of its group has not printed yet",
-    "group_failed": "an earlier job of its group failed, was cancelled or expired",
+    "group_failed": "an earlier job of its group failed, was cancelled or expired, or did "
+                    "not arrive within jobs.print.group_timeout_s",
+    "group_conflict": "the group already has a job with that number",
     "disconnected": "the printer is not connected",
     "send_failed": "the connection failed while the job was being sent",
     "send_timeout": "the printer did not take the job's bytes in time",

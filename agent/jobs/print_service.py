@@ -30,9 +30,9 @@ from agent.devices.manager import DeviceManager
 from agent.devices.printer import Printer
 from agent.devices.readings import DeviceState
 from agent.devices.settings import PrinterSettings
-from agent.errors import CommandError
+from agent.errors import AgentError, CommandError
 from agent.jobs import print_store
-from agent.jobs.documents import DocumentError, Limits, render
+from agent.jobs.documents import DocumentError, Limits
 from agent.jobs.print_model import (
     CANCEL_SCHEMA,
     DONE,
@@ -47,6 +47,7 @@ from agent.jobs.print_model import (
     JobState,
     PrintJob,
 )
+from agent.jobs.render_worker import RenderWorker
 from agent.jobs.spooler import Spooler
 from agent.outbox import Outbox, Priority, iso_time
 from agent.store import Store
@@ -71,6 +72,7 @@ class PrintService:
         self._store = store
         self._outbox = outbox
         self._limits = Limits(max_bytes=config.max_job_bytes, max_pages=config.max_pages)
+        self.renderer = RenderWorker(config.render_timeout_s)
         self.jobs: dict[str, PrintJob] = {}
         """Jobs not final (``uncertain`` included), in arrival order."""
         self._intake: dict[str, asyncio.Future[None]] = {}
@@ -91,51 +93,81 @@ class PrintService:
 
     # ------------------------------------------------------------ service
     async def run(self, _daemon: object = None) -> None:
-        await self._recover()
-        async with asyncio.TaskGroup() as group:
-            for name, spooler in self.spoolers.items():
-                group.create_task(spooler.run(), name=task_name(f"print.{name}"))
-            group.create_task(self._housekeeping(), name=task_name("print.housekeeping"))
+        try:
+            await self._recover()
+            async with asyncio.TaskGroup() as group:
+                for name, spooler in self.spoolers.items():
+                    group.create_task(spooler.run(), name=task_name(f"print.{name}"))
+                group.create_task(self._housekeeping(), name=task_name("print.housekeeping"))
+        finally:
+            self.renderer.close()
 
     async def _recover(self) -> None:
         for job in await self._store.run(print_store.unfinished):
             self.jobs[job.id] = job
-        for job in list(self.jobs.values()):
-            if job.printer not in self.spoolers:
-                await self.transition(job, JobState.FAILED, "unknown_printer",
-                                      f"printer {job.printer!r} is no longer configured and "
-                                      f"enabled", expect=OPEN)
-            elif job.state is JobState.PRINTING and self.config.uncertain_policy == "reprint":
-                await self.transition(job, JobState.QUEUED, "agent_restarted",
-                                      "the agent stopped while this job was at the printer; "
-                                      "printing it again (uncertain_policy = reprint)",
-                                      attempt=job.attempt + 1)
-            elif job.state is JobState.PRINTING:
-                await self.transition(job, JobState.UNCERTAIN, "agent_restarted",
-                                      "the agent stopped while this job was at the printer; it "
-                                      "may or may not have printed. Check the parcel and "
-                                      "reprint with print.reprint if it has no label")
-            elif job.state is JobState.ACCEPTED:
-                await self.transition(job, JobState.QUEUED, None, f"queued for {job.printer}")
         if self.jobs:
             log.info("print queue resumed with %d unfinished jobs", len(self.jobs))
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Move jobs no spooler or intake is working on out of states they cannot stay in.
+
+        At start: ``printing`` jobs (the agent stopped while they were at the printer) and
+        ``accepted`` ones. Later (every tick): the same for a job whose new state could not
+        be stored (outbox full), so it is retried rather than stuck.
+        """
+        busy = {s.current.id for s in self.spoolers.values() if s.current is not None}
+        for job in list(self.jobs.values()):
+            if job.id in busy or job.id in self._intake:
+                continue
+            try:
+                await self._settle_one(job)
+            except AgentError as exc:
+                log.error("print job %s stays %s for now: %s", job.id, job.state.value, exc)
+
+    async def _settle_one(self, job: PrintJob) -> None:
+        if job.state in OPEN and job.printer not in self.spoolers:
+            await self.transition(job, JobState.FAILED, "unknown_printer",
+                                  f"printer {job.printer!r} is no longer configured and "
+                                  f"enabled", expect=OPEN)
+        elif job.state is JobState.PRINTING and self.config.uncertain_policy == "reprint":
+            await self.transition(job, JobState.QUEUED, "agent_restarted",
+                                  "the agent stopped while this job was at the printer; "
+                                  "printing it again (uncertain_policy = reprint)",
+                                  attempt=job.attempt + 1, expect={JobState.PRINTING})
+        elif job.state is JobState.PRINTING:
+            await self.transition(job, JobState.UNCERTAIN, "agent_restarted",
+                                  "the agent stopped while this job was at the printer; it "
+                                  "may or may not have printed. Check the parcel and "
+                                  "reprint with print.reprint if it has no label",
+                                  expect={JobState.PRINTING})
+        elif job.state is JobState.ACCEPTED:
+            await self.transition(job, JobState.QUEUED, None, f"queued for {job.printer}",
+                                  expect={JobState.ACCEPTED})
 
     async def _housekeeping(self) -> None:
         pruned_at = -_PRUNE_EVERY_S
         while True:
-            now = self.now()
-            for job in list(self.jobs.values()):
-                if job.state in WAITING and job.expired(now):
-                    await self.expire(job)
-            if time.monotonic() - pruned_at > _PRUNE_EVERY_S:
-                pruned_at = time.monotonic()
-                forgotten = await self._store.run(print_store.prune,
-                                                  now - self.config.keep_data_s,
-                                                  now - self.config.retention_s)
-                if forgotten:
-                    log.info("forgot %d print jobs older than %d s", forgotten,
-                             self.config.retention_s)
             await asyncio.sleep(_TICK_S)
+            now = self.now()
+            try:
+                for job in list(self.jobs.values()):
+                    if job.state in WAITING and job.expired(now):
+                        await self.expire(job)
+                    elif job.code == "waiting_for_group" and (
+                            now - job.received_at > self.config.group_timeout_s):
+                        self._poke()  # its spooler ends the wait (group_failed)
+                await self._settle()
+                if time.monotonic() - pruned_at > _PRUNE_EVERY_S:
+                    pruned_at = time.monotonic()
+                    forgotten = await self._store.run(print_store.prune,
+                                                      now - self.config.keep_data_s,
+                                                      now - self.config.retention_s)
+                    if forgotten:
+                        log.info("forgot %d print jobs older than %d s", forgotten,
+                                 self.config.retention_s)
+            except AgentError as exc:  # outbox full, disk trouble: try again next tick
+                log.error("print queue housekeeping: %s", exc)
 
     # ------------------------------------------------------------ states
     async def transition(self, job: PrintJob, state: JobState, code: str | None, message: str,
@@ -211,6 +243,11 @@ class PrintService:
         members = await self._store.run(print_store.group_states, job.group_id)
         for seq in range(1, job.group_seq):
             if seq not in members:
+                waited_s = self.now() - job.received_at
+                if waited_s > self.config.group_timeout_s:
+                    return "fail", (f"job number {seq} of group {job.group_id} did not arrive "
+                                    f"within jobs.print.group_timeout_s = "
+                                    f"{self.config.group_timeout_s:g} s")
                 return "wait", f"waits for job {seq} of group {job.group_id} to arrive"
             other, state = members[seq]
             if state in (JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED):
@@ -265,8 +302,10 @@ class PrintService:
                 job.expires_at = parse_time(args["expires_at"], "expires_at", "invalid_args")
             printer, settings = self._resolve(args)
             job.printer = printer
-            rendered = await asyncio.to_thread(render, document, settings, copies=job.copies,
-                                               limits=self._limits)
+            if job.group_id is not None:
+                await self._check_group(job)
+            rendered = await self.renderer.render(document, settings, copies=job.copies,
+                                                  limits=self._limits)
         except (CommandError, DocumentError) as exc:
             job.state, job.code, job.message = JobState.FAILED, exc.code, exc.message
             await self._insert(job, None)
@@ -281,6 +320,19 @@ class PrintService:
             await self.transition(job, JobState.QUEUED, None, f"queued for {job.printer}",
                                   expect={JobState.ACCEPTED})
         return {**job.view(), "duplicate": False, "pages": rendered.pages}
+
+    async def _check_group(self, job: PrintJob) -> None:
+        assert job.group_id is not None and job.group_seq is not None
+        if job.group_size is not None and job.group_seq > job.group_size:
+            raise CommandError(f"group.seq {job.group_seq} is larger than group.size "
+                               f"{job.group_size}", code="invalid_args")
+        members = await self._store.run(print_store.group_states, job.group_id)
+        if job.group_seq in members:
+            other, state = members[job.group_seq]
+            raise CommandError(f"group {job.group_id} already has job number "
+                               f"{job.group_seq} ({other}, {state.value}); a new pair needs a "
+                               f"new group id (print.reprint prints a job again)",
+                               code="group_conflict")
 
     async def _insert(self, job: PrintJob, data: bytes | None) -> None:
         snapshot = dataclasses.replace(job)
@@ -312,12 +364,19 @@ class PrintService:
             name = (ready or candidates)[0].name
         return name, printers[name]
 
+    async def _settled_intake(self, job_id: str | None = None) -> None:
+        """Wait until ``job_id`` (every job, when ``None``) is no longer being accepted."""
+        while pending := (self._intake.get(job_id) if job_id is not None
+                          else next(iter(self._intake.values()), None)):
+            await asyncio.shield(pending)
+
     async def _find(self, job_id: str) -> PrintJob:
+        await self._settled_intake(job_id)
         job = self.jobs.get(job_id) or await self._store.run(print_store.get, job_id)
         if job is None:
-            raise CommandError(f"no print job {job_id!r} on this bench (jobs are kept "
-                               f"{self.config.retention_s} s after they finish)",
-                               code="unknown_job")
+            raise CommandError(f"no print job {job_id!r} on this bench (never received, or "
+                               f"finished more than jobs.print.retention_s = "
+                               f"{self.config.retention_s} s ago)", code="unknown_job")
         return job
 
     async def cancel(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +389,7 @@ class PrintService:
                                        f"held or uncertain jobs can be cancelled",
                                        code="not_cancellable")
                 return job.view()
+            await self._settled_intake()
             members = [j for j in self.jobs.values() if j.group_id == args["group_id"]]
             cancelled = [j.id for j in members if await self._cancel_one(j)]
             return {"group_id": args["group_id"], "cancelled": cancelled,
@@ -352,6 +412,10 @@ class PrintService:
             if job.printer not in self.spoolers:
                 raise CommandError(f"printer {job.printer!r} is no longer enabled",
                                    code="unknown_printer")
+            if job.state is JobState.FAILED and job.size == 0:
+                raise CommandError(f"print job {job.id} was refused at intake ({job.code}); "
+                                   f"there is nothing to reprint: fix the document and send "
+                                   f"it with a new job id", code="not_reprintable")
             if not await self._store.run(print_store.has_data, job.id):
                 raise CommandError(f"print job {job.id}'s bytes are no longer stored "
                                    f"(jobs.print.keep_data_s = {self.config.keep_data_s}); "

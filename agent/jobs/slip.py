@@ -178,10 +178,16 @@ def check_printable(job: EscposJob, slip: PackingSlip, text_encoding: str) -> No
     """Refuse text the printer would not print as sent (``unprintable_text``)."""
     encoder = job.magic.encoder
     if text_encoding == "gb18030":
-        def can_print(ch: str) -> bool:  # GB18030 maps every code point but surrogates
-            return unicodedata.category(ch) != "Cs"
+        def can_print(ch: str) -> bool:
+            # GB18030 maps every code point but surrogates; the fonts of Chinese receipt
+            # printers cover its one- and two-byte part (GBK): four-byte codes (emoji, ß, ñ,
+            # •, ™, rare ideographs) print as garbage, two columns wide.
+            if unicodedata.category(ch) == "Cs":
+                return False
+            return len(ch.encode("gb18030")) <= 2
 
-        hint = "GB18030 has no such characters (broken UTF-16 surrogates?)"
+        hint = ("the printer's Chinese mode prints GBK (one- and two-byte GB18030 codes) "
+                "and these need four-byte codes; replace them (ss for ß, n for ñ...)")
     else:
         def can_print(ch: str) -> bool:  # python-escpos: a code page of the profile has it
             return ord(ch) < 128 or any(encoder.can_encode(encoding, ch)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from agent.config import PrintJobsConfig
 from agent.devices.printer import Printer
 from agent.devices.readings import StateChange
-from agent.errors import DeviceError, OutboxFull
+from agent.errors import AgentError, DeviceError, OutboxFull
 from agent.jobs.print_model import WAITING, JobState, PrintJob
 from agent.tasks import task_name
 
@@ -56,7 +56,12 @@ class Spooler:
             try:
                 while True:
                     self.wake.clear()
-                    job = await self.service.next_for(self.printer.name)
+                    try:
+                        job = await self.service.next_for(self.printer.name)
+                    except AgentError as exc:  # a group member's state could not be stored
+                        log.error("print queue of %s: %s", self.printer.name, exc)
+                        await self._nap(self.config.hold_poll_s)
+                        continue
                     if job is None:
                         await self.wake.wait()
                         continue
@@ -107,6 +112,9 @@ class Spooler:
         data = await service.load_data(job)
         if data is None:
             return  # failed with data_expired by load_data
+        if job.expired():  # the status request took time
+            await service.expire(job)
+            return
         if not await service.transition(job, JobState.PRINTING, None,
                                         f"sending {len(data)} bytes to {self.printer.name}",
                                         expect=WAITING):
@@ -129,8 +137,8 @@ class Spooler:
             why = ("the printer has no return channel" if not self.printer.can_report_status
                    else f"{self.printer.language.name.upper()} printers cannot report "
                         f"whether a label has printed")
-            await service.transition(job, JobState.SENT, None,
-                                     f"{self.printer.name} took all {len(data)} bytes; {why}")
+            await self._finish(job, JobState.SENT, None,
+                               f"{self.printer.name} took all {len(data)} bytes; {why}")
 
     def _send_limit_s(self, size: int) -> float:
         """``send_timeout_s``, plus the wire time of ``size`` bytes on a serial line (10 bits
@@ -159,7 +167,7 @@ class Spooler:
 
     async def _confirm(self, job: PrintJob) -> None:
         """Ask a ZPL printer until the job has left its buffer (see the module docstring)."""
-        service, printer = self.service, self.printer
+        printer = self.printer
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
         last: tuple[int | None, int | None] | None = None
@@ -174,11 +182,11 @@ class Spooler:
                 return
             counts = (status.formats_in_buffer, status.labels_remaining)
             if counts == (0, 0):
+                await self._finish(job, JobState.PRINTED, None,
+                                   f"{printer.name} reports the job printed (nothing left in "
+                                   f"its buffer)")
                 printer.jobs_printed += 1
                 printer.labels_printed += job.labels or 0
-                await service.transition(job, JobState.PRINTED, None,
-                                         f"{printer.name} reports the job printed (nothing "
-                                         f"left in its buffer)")
                 return
             if status.blocking_faults and status.ready is False:
                 code = status.blocking_faults[0]
@@ -188,16 +196,13 @@ class Spooler:
                             if status.labels_remaining else
                             "; the job waits in the printer's buffer"
                             if status.formats_in_buffer else "")
-                    await service.transition(
-                        job, JobState.PRINTING, code,
-                        f"{printer.name} stopped: {status.message}{left}; it goes on when "
-                        f"the printer is fixed")
+                    await self._note(job, code, f"{printer.name} stopped: {status.message}"
+                                               f"{left}; it goes on when the printer is fixed")
                 idle_since = loop.time()
                 continue
             if stalled is not None and status.ready:
                 stalled = None
-                await service.transition(job, JobState.PRINTING, None,
-                                         f"{printer.name} printing again")
+                await self._note(job, None, f"{printer.name} printing again")
             if counts != last:
                 last, idle_since = counts, loop.time()
             elif loop.time() - idle_since > self.config.confirm_timeout_s:
@@ -219,9 +224,31 @@ class Spooler:
             log.exception("print job %s: its failure could not be stored", job.id)
             await self._nap(self.config.hold_poll_s)
 
+    async def _note(self, job: PrintJob, code: str | None, message: str) -> None:
+        """Report a stall (or its end) on a printing job; news only, so a full outbox skips it."""
+        try:
+            await self.service.transition(job, JobState.PRINTING, code, message,
+                                          expect={JobState.PRINTING})
+        except AgentError as exc:
+            log.error("print job %s: %s (not reported: %s)", job.id, message, exc)
+
+    async def _finish(self, job: PrintJob, state: JobState, code: str | None,
+                      message: str) -> None:
+        """Store what became of a job whose bytes left: retried until it is stored (the
+        outbox may be full), because a job left ``printing`` is ``uncertain`` after a restart."""
+        while True:
+            try:
+                await self.service.transition(job, state, code, message,
+                                              expect={JobState.PRINTING})
+                return
+            except AgentError as exc:
+                log.error("print job %s is %s, which cannot be stored yet (%s); retrying in "
+                          "%g s", job.id, state.value, exc, self.config.hold_poll_s)
+                await asyncio.sleep(self.config.hold_poll_s)
+
     async def _uncertain(self, job: PrintJob, code: str, what: str) -> None:
         """The job may or may not have printed: say so, and never resend it by itself."""
-        await self.service.transition(
+        await self._finish(
             job, JobState.UNCERTAIN, code,
             f"{what}; it may or may not have printed. Check the parcel and reprint with "
             f"print.reprint if it has no label")
