@@ -612,3 +612,13 @@ def test_document_schema_accepts_each_form_and_explains_what_it_refuses() -> Non
         "Additional properties are not allowed ('dither' was unexpected)")
     assert refused({"format": "slip", "template": "packing_slip"}) == (
         "'fields' is a required property")
+
+
+def test_a_pdf_without_pages_is_refused_in_words() -> None:
+    import pypdfium2
+
+    out = io.BytesIO()
+    pypdfium2.PdfDocument.new().save(out)  # a valid PDF with an empty page tree
+    error = failure(doc("pdf", out.getvalue()), printer("zpl"))
+    assert error.code == "invalid_document"
+    assert error.message.startswith("PDF has no pages")

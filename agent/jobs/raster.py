@@ -124,10 +124,15 @@ def read_pdf(data: bytes, settings: PrinterSettings, limits: Limits) -> list[Ima
             if exc.err_code == FPDF_ERR_PASSWORD:
                 raise DocumentError("PDF is encrypted (it needs a password to open); send "
                                     "it without encryption") from exc
+            if exc.err_code == 0:  # PDFium says "Success" when the page tree is empty
+                raise DocumentError("PDF has no pages (an empty or missing page tree)"
+                                    ) from exc
             raise DocumentError(f"PDF cannot be read ({exc}); {describe_bytes(data)}"
                                 ) from exc
         try:
             count = len(pdf)
+            if count == 0:
+                raise DocumentError("PDF has no pages: nothing to print")
             if count > limits.max_pages:
                 raise DocumentError(f"PDF has {count} pages; the limit is {limits.max_pages} "
                                     f"(jobs.print.max_pages)", code="too_large")
