@@ -75,12 +75,28 @@ def submit(central: CentralSystem, n: int, prefix: str = "job") -> None:
                                                       "document": document(n)}})
 
 
-def job_state(central: CentralSystem, job_id: str, state: str, timeout_s: float,
-              count: int = 1) -> None:
+def job_state(central: CentralSystem, job_id: str, state: str, timeout_s: float) -> None:
     central.wait_for(lambda m: m.topic.endswith("/events/print_job")
-                     and (m.json["data"]["job_id"] == job_id
-                          or (job_id.endswith("-") and m.json["data"]["job_id"].startswith(job_id)))
-                     and m.json["data"]["state"] == state, timeout_s, count)
+                     and m.json["data"]["job_id"] == job_id
+                     and m.json["data"]["state"] == state, timeout_s)
+
+
+def count_states(central: CentralSystem, prefix: str, state: str, count: int,
+                 timeout_s: float) -> None:
+    """Wait for ``count`` events in ``state`` of jobs named ``prefix...``, reading each
+    message once (``CentralSystem.wait_for`` rescans them all at every arrival)."""
+    deadline = time.monotonic() + timeout_s
+    seen = found = 0
+    while found < count:
+        fresh = central.messages[seen:]
+        seen += len(fresh)
+        for message in fresh:
+            if message.topic.endswith("/events/print_job"):
+                data = message.json["data"]
+                found += data["state"] == state and data["job_id"].startswith(prefix)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {found} of {count} jobs {state} in {timeout_s} s")
+        time.sleep(0.002)
 
 
 def run(root: Path, jobs: int, burst: int) -> None:
@@ -121,7 +137,7 @@ def run(root: Path, jobs: int, burst: int) -> None:
         for n in range(burst):
             submit(central, n, prefix="burst")
         published_s = time.perf_counter() - started
-        job_state(central, "burst-", "queued", 300, count=burst)
+        count_states(central, "burst-", "queued", burst, 300)
         elapsed_s = time.perf_counter() - started
         print(f"intake: {burst} jobs published in {published_s:.2f} s, all queued (validated, "
               f"stored with fsync, reported) after {elapsed_s:.2f} s = "
