@@ -14,7 +14,9 @@ simulator on a TCP port and a central-system client (paho, TLS) in this process.
    ``printed``. The path: broker, command record (fsync), render, job + ``accepted`` and
    ``queued`` events (fsync), the printer's ``~HS`` before sending, ``printing`` (fsync),
    the bytes. One process holds both clocks (``perf_counter``).
-2. intake: ``--burst`` jobs published back to back while the printer is paused (nothing
+2. the same for PDF waybills (a 4 x 6 in page drawn with boxes, text and bars), rendered
+   to ZPL ``^GF`` in the render worker process: the first byte of the job's format;
+3. intake: ``--burst`` jobs published back to back while the printer is paused (nothing
    prints), timed from the first publish to the ``queued`` event of the last one at the
    central system: jobs accepted into the durable queue per second, every one validated,
    stored with fsync and reported.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import os
 import statistics
 import subprocess
@@ -49,10 +52,15 @@ class TimedPrinter(LabelPrinterSim):
     def __init__(self) -> None:
         super().__init__("zpl")
         self.first_byte: dict[bytes, float] = {}
+        self.starts: list[float] = []
         self.arrived = threading.Condition()
 
     def receive(self, data: bytes) -> bytes:
         now = time.perf_counter()
+        if data.startswith(b"^XA"):
+            with self.arrived:
+                self.starts.append(now)
+                self.arrived.notify_all()
         start = data.find(b"^FDbench-")
         if data.startswith(b"^XA") and start >= 0:
             marker = data[start + 3:data.find(b"^FS", start)]
@@ -79,6 +87,50 @@ def job_state(central: CentralSystem, job_id: str, state: str, timeout_s: float)
     central.wait_for(lambda m: m.topic.endswith("/events/print_job")
                      and m.json["data"]["job_id"] == job_id
                      and m.json["data"]["state"] == state, timeout_s)
+
+
+def waybill_pdf() -> bytes:
+    """A 4 x 6 inch waybill as a PDF page: boxes, text and a bar code, like a carrier's."""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("L", (812, 1218), 255)  # 4 x 6 in at 203 dpi
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((10, 10, 801, 1207), outline=0, width=4)
+    for y in range(40, 400, 40):
+        draw.text((30, y), f"Consignee line {y // 40}: Room 1203, No. 88 Example Road", fill=0)
+    x = 60
+    for n in range(95):  # bars of a Code 128-like pattern
+        width = 2 + (n * 7) % 5
+        if n % 2 == 0:
+            draw.rectangle((x, 450, x + width, 700), fill=0)
+        x += width
+    draw.rectangle((30, 760, 780, 1180), outline=0, width=3)
+    out = io.BytesIO()
+    page.save(out, "PDF", resolution=203.0)
+    return out.getvalue()
+
+
+def pdf_latency(central: CentralSystem, printer: TimedPrinter, jobs: int) -> None:
+    pdf = base64.b64encode(waybill_pdf()).decode()
+    latencies_ms: list[float] = []
+    for n in range(jobs + 3):  # the first three start the render worker and warm it
+        with printer.arrived:
+            before = len(printer.starts)
+        started = time.perf_counter()
+        central.send(SITE, BENCH, "print.submit",
+                     {"id": f"cmd-pdf-{n}", "args": {"job_id": f"pdf-{n}", "printer": "label",
+                                                     "document": {"format": "pdf",
+                                                                  "data": pdf}}})
+        with printer.arrived:
+            assert printer.arrived.wait_for(lambda b=before: len(printer.starts) > b, 60)
+            first = printer.starts[before]
+        if n >= 3:
+            latencies_ms.append((first - started) * 1000)
+        job_state(central, f"pdf-{n}", "printed", 30)
+    print(f"latency over {jobs} PDF waybills (4 x 6 in, {len(pdf) * 3 // 4:,} bytes, rendered "
+          f"to ZPL ^GF in the render worker), publish -> first byte: "
+          f"p50 {statistics.median(latencies_ms):.1f} ms, "
+          f"p99 {percentile(latencies_ms, 0.99):.1f} ms")
 
 
 def count_states(central: CentralSystem, prefix: str, state: str, count: int,
@@ -131,6 +183,8 @@ def run(root: Path, jobs: int, burst: int) -> None:
         print(f"latency over {jobs} jobs, central publish -> first byte at the printer: "
               f"p50 {statistics.median(latencies_ms):.1f} ms, "
               f"p99 {percentile(latencies_ms, 0.99):.1f} ms, max {max(latencies_ms):.1f} ms")
+
+        pdf_latency(central, printer, max(10, jobs // 10))
 
         printer.set_fault("paused")
         started = time.perf_counter()
