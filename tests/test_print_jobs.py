@@ -591,3 +591,45 @@ def test_a_group_number_is_used_once_and_a_missing_first_job_fails_the_group_in_
     assert failed["code"] == "group_failed" and "group_timeout_s" in failed["message"]
     assert bytes(slip.received) == receipt
     assert agent.stop() == 0
+
+
+def test_a_tspl_printer_gets_a_png_as_one_bitmap_job_and_a_receipt_printer_holds_on_paper_out(
+        central: CentralSystem, broker: Broker, agent_factory: Callable[..., AgentProcess],
+        slip: EscposPrinterSim) -> None:
+    from PIL import Image
+
+    tspl = LabelPrinterSim("tspl").start()
+    try:
+        devices = {
+            "tsc": {"kind": "printer", "language": "tspl", "role": "label",
+                    "connection": f"tcp://127.0.0.1:{tspl.port}", "width_mm": 50.0},
+            "slip": {"kind": "printer", "language": "escpos", "role": "slip",
+                     "connection": f"tcp://127.0.0.1:{slip.port}", "status_interval_s": 0.5},
+        }
+        agent = agent_factory(broker, devices=devices, jobs={"print": {"hold_poll_s": 0.2}})
+        agent.start()
+        ready(central, "tsc", "slip")
+        picture = Image.new("1", (16, 3), 1)
+        picture.paste(0, (0, 0, 8, 3))  # left byte black, right byte white, 3 rows
+        out = io.BytesIO()
+        picture.save(out, "PNG")
+        png = {"format": "png", "data": base64.b64encode(out.getvalue()).decode()}
+        reply = submit(central, "t-1", png, printer="tsc", copies=2)
+        assert reply["ok"] is True, reply
+        sent = wait_state(central, "t-1", "sent")
+        assert "TSPL printers cannot report whether a label has printed" in sent["message"]
+        [job] = tspl.jobs
+        # TSPL BITMAP: 0 bits print black, so the black byte arrives as 00.
+        assert b"\r\nBITMAP 0,0,2,3,0," + b"\x00\xff" * 3 + b"\r\nPRINT 1,2\r\n" in job
+        assert tspl.printed() == 2
+        slip.set_fault("paper_out")
+        submit(central, "s-1", raw("escpos", b"\x1b@receipt\n"), printer="slip")
+        held = wait_state(central, "s-1", "held")
+        assert held["code"] == "paper_out"
+        assert bytes(slip.received) == b""
+        slip.set_fault("paper_out", on=False)
+        wait_state(central, "s-1", "sent")
+        assert bytes(slip.received) == b"\x1b@receipt\n"
+        assert agent.stop() == 0
+    finally:
+        tspl.stop()
