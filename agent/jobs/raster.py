@@ -20,6 +20,7 @@ import binascii
 import io
 import itertools
 import math
+import re
 import threading
 import zlib
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FPDF_ERR_PASSWORD = 4
 """PDFium's ``FPDF_GetLastError`` code for a document that needs a password."""
 _PDFIUM_LOCK = threading.Lock()
+_EMPTY_PAGE_TREE = re.compile(rb"/Count\s*0\s*/Kids\s*\[\s*\]|/Kids\s*\[\s*\]\s*/Count\s*0\b")
 """PDFium is not thread-safe (pypdfium2 documentation): one document at a time."""
 _INVERT = bytes(255 - value for value in range(256))
 _SIXTEEN_BIT = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -124,7 +126,9 @@ def read_pdf(data: bytes, settings: PrinterSettings, limits: Limits) -> list[Ima
             if exc.err_code == FPDF_ERR_PASSWORD:
                 raise DocumentError("PDF is encrypted (it needs a password to open); send "
                                     "it without encryption") from exc
-            if exc.err_code == 0:  # PDFium says "Success" when the page tree is empty
+            # PDFium refuses a document whose page tree is empty, with whatever error code
+            # was left from before ("Success" on a fresh thread).
+            if exc.err_code == 0 or _EMPTY_PAGE_TREE.search(data):
                 raise DocumentError("PDF has no pages (an empty or missing page tree)"
                                     ) from exc
             raise DocumentError(f"PDF cannot be read ({exc}); {describe_bytes(data)}"
