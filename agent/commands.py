@@ -224,9 +224,11 @@ class CommandChannel:
             reply = self._reply(request, ok=False,
                                 error=AgentError(f"{type(exc).__name__}: {exc}",
                                                  code="internal_error"))
-        duplicates = self._duplicates.pop(request.command_id or "", [])
         try:
             await self._send(request, reply, store=True)
+            # Taken only now: a repeat whose lookup ran before the reply was stored is
+            # waiting in the list by this point (the store thread answers in order).
+            duplicates = self._duplicates.pop(request.command_id or "", [])
             for duplicate in duplicates:
                 await self._send(duplicate, {**reply, "duplicate": True}, store=False)
         except AgentError as exc:
