@@ -1,0 +1,268 @@
+"""What goes into and comes out of the packing flow: its config, events and actions.
+
+:class:`agent.jobs.pack_flow.PackFlow` is a pure state machine: the daemon feeds it
+events (scans and weight readings as the devices report them, plus the answers to the
+actions it asked for) and carries out the actions it returns. Every event carries its
+time ``at`` (Unix seconds); the flow never reads a clock. All types here are frozen and
+JSON-safe through ``as_dict()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.devices.readings import Scan, WeightReading
+from agent.jobs.orders import Order
+
+# --- config -----------------------------------------------------------------------------
+
+
+class ControlCodes(BaseModel):
+    """The control barcodes printed on the bench's card; each value is the barcode."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cancel: str = "CTL-CANCEL"
+    """Abandon the parcel (reported as such) and go back to a clean ``idle``."""
+    reset: str = "CTL-RESET"
+    """Start the open parcel over: every scanned item, serial and the box are cleared."""
+    set_aside: str = "CTL-ASIDE"
+    """Confirm an intercepted parcel was put aside."""
+    reweigh: str = "CTL-REWEIGH"
+    reprint: str = "CTL-REPRINT"
+    returns: str = "CTL-RETURNS"
+    """Switch ``idle`` <-> ``returns``."""
+    done: str = "CTL-DONE"
+    """Close a return."""
+    resellable: str = "CTL-RESELLABLE"
+    damaged: str = "CTL-DAMAGED"
+    wrong_item: str = "CTL-WRONG-ITEM"
+    logout: str = "CTL-LOGOUT"
+
+
+class PackConfig(BaseModel):
+    """How one bench runs the packing flow; every field has a working default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    badge_prefix: str = "EMP-"
+    """A scan starting with this is a packer's badge."""
+    supervisor_badges: tuple[str, ...] = ()
+    supervisor_prefix: str | None = "SUP-"
+    """A badge in ``supervisor_badges`` or starting with this may override a weight."""
+    reason_codes: dict[str, str] = Field(default_factory=lambda: {
+        "RSN-PACKAGING-VARIANCE": "packaging weighs more or less than its tare",
+        "RSN-ITEM-WEIGHT-VARIANCE": "the item's real weight differs from the catalogue",
+        "RSN-SCALE-CHECKED": "scale checked with a test weight",
+    })
+    """Override reason barcodes and what they mean."""
+    controls: ControlCodes = ControlCodes()
+    tolerance_abs_g: Annotated[float, Field(ge=0)] = 20.0
+    tolerance_rel_pct: Annotated[float, Field(ge=0, le=100)] = 5.0
+    empty_below_g: Annotated[float, Field(ge=0)] = 5.0
+    """A reading under this is an empty pan: the parcel was taken off."""
+    photo_moments: dict[str, str] = Field(
+        default_factory=lambda: {"open": "packed", "closed": "weighed"})
+    """Photo moment -> when it is taken: ``packed`` (every item in), ``weighed`` (weight
+    accepted) or ``verified`` (waybill scanned back)."""
+    returns_photo_moment: str | None = "returned"
+    """Taken at the first settled weight of a return; ``None``: no photo."""
+    lookup_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    """Give up waiting for ``OrderFound``/``OrderNotFound`` after this."""
+    weighing_prompt_s: Annotated[float, Field(gt=0)] = 20.0
+    """In ``weighing`` this long without a weight: say "put the parcel on the scale"."""
+    labels_prompt_s: Annotated[float, Field(gt=0)] = 30.0
+    """In ``labelling`` this long without a printed waybill: say so, offer reprint."""
+    max_weights: Annotated[int, Field(ge=1)] = 50
+    """Settled readings kept in one evidence record."""
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+class _JsonSafe:
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name))
+                for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ParcelInfo(_JsonSafe):
+    """The orders one scan opened (one, or several merged), as the order book knows them.
+
+    ``states`` maps each order id to ``(state, reason)``: state is ``open``, ``held``,
+    ``cancelled`` or ``packed``. ``packed`` maps a packed order id to ``(packed_at,
+    waybill)`` when the book knows them.
+    """
+
+    orders: tuple[Order, ...]
+    states: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    packed: dict[str, tuple[float | None, str | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(_JsonSafe):
+    """Time passed: timeouts are checked here."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFound(_JsonSafe):
+    """The answer to :class:`LookupOrder`: the parcel ``code`` opens."""
+
+    code: str
+    parcel: ParcelInfo
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OrderNotFound(_JsonSafe):
+    """The lookup failed: ``unknown_order``, ``central_unreachable`` or ``lookup_timeout``."""
+
+    code: str
+    error_code: str
+    message: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntercepted(_JsonSafe):
+    """The central system held or cancelled an order (``state``: held, cancelled, open)."""
+
+    order_id: str
+    state: str
+    reason: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoTaken(_JsonSafe):
+    moment: str
+    path: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoFailed(_JsonSafe):
+    moment: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PrintResult(_JsonSafe):
+    """A print job's new state (``agent.jobs.print_model.JobState`` values).
+
+    ``waybill`` is the waybill number when the print service or the central system knows
+    it; ``printer`` and ``message`` explain a hold or failure (``paper out``).
+    """
+
+    job_id: str
+    state: str
+    at: float
+    waybill: str | None = None
+    printer: str = ""
+    code: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsReady(_JsonSafe):
+    """The central system's answer to :class:`RequestLabels`.
+
+    ``jobs`` (``print.submit`` args) are submitted by the flow; empty when the central
+    system submitted them itself and only :class:`PrintResult` events will follow.
+    """
+
+    order_ids: tuple[str, ...]
+    at: float
+    waybill: str | None = None
+    jobs: tuple[dict[str, Any], ...] = ()
+
+
+Event = (Scan | WeightReading | Tick | OrderFound | OrderNotFound | OrderIntercepted
+         | PhotoTaken | PhotoFailed | PrintResult | LabelsReady)
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Signal(_JsonSafe):
+    """Light/buzz the signal device: ``good``, ``bad`` or ``intercept``."""
+
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class LookupOrder(_JsonSafe):
+    """Find the parcel ``code`` opens; answer with OrderFound or OrderNotFound."""
+
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportIntercept(_JsonSafe):
+    """Tell the central system an intercepted parcel was stopped at the bench."""
+
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TakePhoto(_JsonSafe):
+    """Take a photo for ``moment``; answer with PhotoTaken or PhotoFailed."""
+
+    moment: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitPrint(_JsonSafe):
+    """Submit these ``print.submit`` args (each with a ``job_id``), waybill first."""
+
+    jobs: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLabels(_JsonSafe):
+    """Ask the central system for the labels now the weight is known."""
+
+    order_ids: tuple[str, ...]
+    weight_g: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reprint(_JsonSafe):
+    """``print.reprint`` these jobs (the packer scanned the reprint code)."""
+
+    job_ids: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult(_JsonSafe):
+    """The parcel is finished (packed, abandoned or returned): its evidence record."""
+
+    evidence: dict[str, Any]
+
+
+Action = (Signal | LookupOrder | ReportIntercept | TakePhoto | SubmitPrint | RequestLabels
+          | Reprint | ReportResult)
