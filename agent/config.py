@@ -151,10 +151,22 @@ class PrintJobsConfig(_Section):
     """How long a finished job's id and state are kept to answer a repeated job id."""
 
 
+class OrdersConfig(_Section):
+    """``[jobs.orders]``: the bench's order book (docs/orders.md)."""
+
+    lookup_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    """How long a scan of an order the bench does not have waits for the central system's
+    ``order.answer`` before the packer is told ``lookup_timeout``."""
+    retention_s: Annotated[int, Field(ge=3600)] = 30 * 24 * 3600
+    """How long packed and cancelled orders are kept (found by waybill, refused if pushed
+    again) after their last change."""
+
+
 class JobsConfig(_Section):
-    """The bench's jobs: print jobs now; pack verification and diagnostics later."""
+    """The bench's jobs: print jobs and the order book; pack verification later."""
 
     print: PrintJobsConfig = PrintJobsConfig()
+    orders: OrdersConfig = OrdersConfig()
 
 
 class Config(_Section):

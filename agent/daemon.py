@@ -28,6 +28,8 @@ from agent.devices.discovery import discover
 from agent.devices.manager import DeviceManager
 from agent.devices.readings import StateChange
 from agent.errors import OutboxFull
+from agent.jobs import order_commands
+from agent.jobs.order_book import OrderBook
 from agent.jobs.print_service import PrintService
 from agent.mqtt import Inbound, MqttLink
 from agent.outbox import Outbox, dumps, iso_time
@@ -85,6 +87,9 @@ class Daemon:
         self.printing = PrintService(config.jobs.print, self.devices, self.store, self.outbox,
                                      self.commands)
         self.services.insert(1, self.printing)
+        self.orders = OrderBook(config.jobs.orders, self.store, self.outbox, self.link)
+        order_commands.register(self.commands, self.orders)
+        self.services.insert(2, self.orders)
         self.commands.register("state.resend", self._cmd_state_resend)
         self.commands.register("status.get", self._cmd_status_get)
         self.commands.register("devices.list", self._cmd_devices_list)

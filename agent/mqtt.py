@@ -150,6 +150,8 @@ class MqttLink:
         self.state = "connecting"
         self.last_error: str | None = None
         self.connected_at: float | None = None
+        self.down_since = time.time()
+        """When the link was last lost (the agent's start until the first connection)."""
         self.receive_maximum = 65535
         self.max_packet_size = 268_435_460  # MQTT's own limit until the broker says less
         self.connection = 0
@@ -256,6 +258,8 @@ class MqttLink:
     def _disconnected(self, code: int, reason: str) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        if was_connected:
+            self.down_since = time.time()
         if not self._closing:
             self.state = "disconnected"
             if code != 0:

@@ -82,6 +82,26 @@ CREATE TABLE IF NOT EXISTS print_jobs (
 );
 CREATE INDEX IF NOT EXISTS print_jobs_state ON print_jobs (state, updated_at);
 CREATE INDEX IF NOT EXISTS print_jobs_group ON print_jobs (group_id) WHERE group_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS orders (
+    order_id TEXT PRIMARY KEY,
+    merge_id TEXT,                          -- orders sharing it are one parcel
+    state TEXT NOT NULL,                    -- open | held | cancelled | packed
+    reason TEXT,                            -- why held or cancelled
+    body TEXT,                              -- the Order as JSON; NULL: an intercept came first
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    packed_at REAL,
+    waybill TEXT,                           -- the waybill it was packed under
+    evidence_id TEXT
+);
+CREATE INDEX IF NOT EXISTS orders_merge ON orders (merge_id) WHERE merge_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS orders_age ON orders (state, updated_at);
+CREATE TABLE IF NOT EXISTS order_codes (
+    code TEXT NOT NULL,                     -- order id, waybill number or pick code
+    order_id TEXT NOT NULL,
+    PRIMARY KEY (code, order_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS order_codes_order ON order_codes (order_id);
 """
 
 

@@ -3,11 +3,14 @@
 Used by the tests, the demo and technicians (``python -m simulators.central --help``):
 it subscribes to a bench's status, events and replies, keeps every message it received,
 and sends commands with a Response Topic and Correlation Data like a real integrator.
+With :meth:`CentralSystem.serve_orders` it also answers the benches' ``order.request``
+events with ``order.answer`` commands, like an order management system.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import ssl
 import threading
@@ -64,6 +67,10 @@ class CentralSystem:
         self._cond = threading.Condition()
         self._connected = threading.Event()
         self._subscriptions: list[str] = []
+        self._orders: dict[str, list[dict[str, Any]]] | None = None
+        self._unknown: set[str] | None = None
+        self._answer_delay_s = 0.0
+        self._answered: set[str] = set()
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
 
@@ -80,6 +87,8 @@ class CentralSystem:
         with self._cond:
             self.messages.append(received)
             self._cond.notify_all()
+        if self._orders is not None and msg.topic.endswith("/events/order.request"):
+            self._answer_order_request(received)
 
     def connect(self, timeout_s: float = 10.0) -> CentralSystem:
         if self._protocol == paho.MQTTv5:
@@ -163,6 +172,51 @@ class CentralSystem:
                               timeout_s)[0]
         data: dict[str, Any] = reply.json["data"]
         return data
+
+    def serve_orders(self, orders: dict[str, list[dict[str, Any]]], *,
+                     unknown: set[str] | None = None, delay_s: float = 0.0) -> None:
+        """Answer every bench's ``order.request`` events with ``order.answer`` commands.
+
+        ``orders`` maps a code (order id, waybill, pick code) to the orders it names. A code
+        not in it is answered ``unknown_order`` when ``unknown`` is ``None`` or holds it;
+        otherwise it is not answered at all (the bench's lookup times out). Each answer
+        leaves ``delay_s`` after the request arrived, from its own thread (paho's callback
+        thread must not wait for a PUBACK). Calling it again replaces the orders.
+        Benches must be watched (:meth:`watch`) for their requests to arrive.
+        """
+        self._unknown = None if unknown is None else set(unknown)
+        self._answer_delay_s = delay_s
+        self._orders = {code: [dict(order) for order in found] for code, found in orders.items()}
+
+    def _answer_order_request(self, received: Received) -> None:
+        try:
+            event = received.json
+            request_id, code = event["data"]["request_id"], event["data"]["code"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if event.get("id") in self._answered:
+            return  # a second delivery of the same event
+        self._answered.add(event.get("id"))
+        assert self._orders is not None
+        args: dict[str, Any] = {"request_id": request_id}
+        if code in self._orders:
+            args["orders"] = self._orders[code]
+        elif self._unknown is None or code in self._unknown:
+            args["error"] = {"code": "unknown_order",
+                             "message": f"no order, waybill or pick list {code} in the OMS"}
+        else:
+            return
+        prefix, _, _ = received.topic.rpartition("/events/")
+        _root, site, bench = prefix.rsplit("/", 2)
+
+        def answer() -> None:
+            time.sleep(self._answer_delay_s)
+            # Closed or cut off meanwhile: the bench's lookup times out, as it would.
+            with contextlib.suppress(RuntimeError):
+                self.send(site, bench, "order.answer", {"id": f"answer-{request_id}",
+                                                        "args": args})
+
+        threading.Thread(target=answer, name="central-order-answer", daemon=True).start()
 
     def close(self) -> None:
         self.client.disconnect()
