@@ -27,6 +27,7 @@ from pydantic import (
 
 from agent.devices.settings import DEVICE_KINDS, SETTINGS_BY_KIND, DeviceSettings
 from agent.errors import ConfigError
+from agent.jobs.pack_events import PackConfig
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
 """Site, bench and device names: they become MQTT topic levels, so no ``/``, ``+``, ``#``."""
@@ -162,11 +163,30 @@ class OrdersConfig(_Section):
     again) after their last change."""
 
 
+class PackJobConfig(_Section):
+    """``[jobs.pack]``: the packing job (docs/pack-flow.md); ``[jobs.pack.flow]`` holds the
+    flow's codes, tolerances, photo moments and timeouts."""
+
+    enabled: bool = True
+    scanner_role: str = "items"
+    """Scanners with this role feed the packing flow (badges, orders, items, controls)."""
+    scale: str | None = None
+    """The ``[devices.NAME]`` of the parcel scale; none: the first scale configured."""
+    camera_role: str = "packing"
+    photo_dir: Path | None = None
+    """Where evidence photos go; none: ``photos`` under ``storage.dir``."""
+    photo_max_age_days: Annotated[float, Field(gt=0)] = 180.0
+    photo_quota_mb: Annotated[float, Field(gt=0)] = 4096.0
+    record_retention_days: Annotated[float, Field(gt=0)] = 3 * 365.0
+    flow: PackConfig = PackConfig()
+
+
 class JobsConfig(_Section):
-    """The bench's jobs: print jobs and the order book; pack verification later."""
+    """The bench's jobs: print jobs, the order book and the packing job."""
 
     print: PrintJobsConfig = PrintJobsConfig()
     orders: OrdersConfig = OrdersConfig()
+    pack: PackJobConfig = PackJobConfig()
 
 
 class Config(_Section):
@@ -254,6 +274,7 @@ _PATH_KEYS = {
     ("mqtt", "tls", "cert_file"),
     ("mqtt", "tls", "key_file"),
     ("storage", "dir"),
+    ("jobs", "pack", "photo_dir"),
 }
 
 

@@ -30,6 +30,7 @@ from agent.devices.readings import StateChange
 from agent.errors import OutboxFull
 from agent.jobs import order_commands
 from agent.jobs.order_book import OrderBook
+from agent.jobs.pack_service import PackService
 from agent.jobs.print_service import PrintService
 from agent.mqtt import Inbound, MqttLink
 from agent.outbox import Outbox, dumps, iso_time
@@ -90,6 +91,15 @@ class Daemon:
         self.orders = OrderBook(config.jobs.orders, self.store, self.outbox, self.link)
         order_commands.register(self.commands, self.orders)
         self.services.insert(2, self.orders)
+        if config.jobs.pack.enabled:
+            self.packing: PackService | None = PackService(
+                config.jobs.pack, storage_dir=config.storage.dir, devices=self.devices,
+                bus=self.bus, orders=self.orders, printing=self.printing, store=self.store,
+                outbox=self.outbox, link=self.link, topics=self.topics,
+                commands=self.commands)
+            self.services.insert(3, self.packing)
+        else:
+            self.packing = None
         self.commands.register("state.resend", self._cmd_state_resend)
         self.commands.register("status.get", self._cmd_status_get)
         self.commands.register("devices.list", self._cmd_devices_list)

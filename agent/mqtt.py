@@ -290,10 +290,13 @@ class MqttLink:
 
     def publish_status(self, payload: bytes) -> paho.MQTTMessageInfo:
         """Publish the retained status message (not through the outbox: latest wins)."""
+        return self.publish_retained(self._status_topic, payload)
+
+    def publish_retained(self, topic: str, payload: bytes) -> paho.MQTTMessageInfo:
+        """Publish a retained QoS 1 message whose latest value is all that matters."""
         props = _properties(PacketTypes.PUBLISH)
         props.ContentType = "application/json"
-        return self._client.publish(self._status_topic, payload, qos=1, retain=True,
-                                    properties=props)
+        return self._client.publish(topic, payload, qos=1, retain=True, properties=props)
 
     def ack(self, message: Inbound) -> None:
         """Acknowledge a QoS 1 message once it is stored; stale acks are skipped."""

@@ -13,6 +13,8 @@ class Topics:
     def __init__(self, root: str, site: str, bench: str) -> None:
         self.prefix = f"{root}/{site}/{bench}"
         self.status = f"{self.prefix}/status"
+        self.state = f"{self.prefix}/state"
+        """The packing bench's state for displays (retained, at every change)."""
         self.commands = f"{self.prefix}/cmd/+"
         self.reply = f"{self.prefix}/reply"
 

@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,6 +90,9 @@ class OrderBook:
         self._changes = asyncio.Lock()
         """Held while a state is decided and stored: one change at a time."""
         self._pending: dict[str, asyncio.Future[_Answer]] = {}
+        self.listeners: list[Callable[[str, str, str | None], None]] = []
+        """Called with (order_id, state, reason) after a hold, cancel or release is stored
+        (the packing job stops a parcel being packed)."""
 
     @staticmethod
     def now() -> float:
@@ -193,6 +196,9 @@ class OrderBook:
         log.log(logging.WARNING if record.state in INTERCEPTS else logging.INFO,
                 "%s %s: %s -> %s (%s)%s", command, order_id, view["previous"],
                 record.state.value, record.reason, f"; {note}" if note else "")
+        if view["changed"]:
+            for listener in self.listeners:
+                listener(order_id, record.state.value, record.reason)
         return view
 
     @staticmethod

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from agent.commands import CommandChannel, parse_time
@@ -76,6 +76,9 @@ class PrintService:
         self.jobs: dict[str, PrintJob] = {}
         """Jobs not final (``uncertain`` included), in arrival order."""
         self._intake: dict[str, asyncio.Future[None]] = {}
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        """Called with the job's view after each state change is stored (the packing job
+        follows its parcel's labels)."""
         self._admin = asyncio.Lock()
         self.spoolers = {name: Spooler(device, self, config)
                          for name, device in devices.devices.items()
@@ -200,6 +203,9 @@ class PrintService:
                 else logging.INFO, "print job %s on %s: %s -> %s%s: %s", job.id, job.printer,
                 old.value, state.value, f" ({code})" if code else "", message)
         self._poke()
+        view = job.view()
+        for listener in self.listeners:
+            listener(view)
         return True
 
     def _poke(self) -> None:

@@ -1,0 +1,291 @@
+"""The packing job: the pure :class:`PackFlow` driven by the bench's devices and services.
+
+The daemon's ``pack`` service. It feeds the flow, one event at a time from one queue:
+scans from the scanners with ``jobs.pack.scanner_role``, readings of the parcel scale, a
+tick every 0.5 s, and the answers to the flow's actions. It carries out the actions:
+
+* ``LookupOrder``: the order book, then the central system (``order.request``);
+* ``TakePhoto``: a JPEG from the camera with ``camera_role`` into the evidence folder;
+* ``SubmitPrint`` / ``Reprint``: the print queue; its job states come back as events;
+* ``RequestLabels``: a ``pack.labels_request`` event, answered by ``pack.labels``;
+* ``ReportIntercept``: a ``pack.intercept`` event (critical);
+* ``ReportResult``: the evidence record and the ``pack.result`` event in one transaction,
+  then the orders marked packed;
+* ``Signal``: logged and shown in the state (signal devices are not driven yet).
+
+The flow's snapshot is published retained on ``{prefix}/state`` at every change (at
+most every 0.2 s while only the live weight moves) and again after every reconnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.bus import Bus
+from agent.commands import CommandChannel
+from agent.config import PackJobConfig
+from agent.devices.camera import Camera
+from agent.devices.manager import DeviceManager
+from agent.devices.readings import Scan, WeightReading
+from agent.errors import AgentError
+from agent.jobs.evidence import EvidenceLimits, EvidenceStore, insert_record, new_evidence_id
+from agent.jobs.order_book import OrderBook
+from agent.jobs.order_store import Parcel
+from agent.jobs.pack_events import (
+    Action,
+    Event,
+    LabelsReady,
+    LookupOrder,
+    OrderFound,
+    OrderIntercepted,
+    OrderNotFound,
+    ParcelInfo,
+    PhotoFailed,
+    PhotoTaken,
+    PrintResult,
+    ReportIntercept,
+    ReportResult,
+    Reprint,
+    RequestLabels,
+    Signal,
+    SubmitPrint,
+    TakePhoto,
+    Tick,
+)
+from agent.jobs.pack_flow import PackFlow
+from agent.jobs.print_service import PrintService
+from agent.mqtt import MqttLink
+from agent.outbox import Outbox, Priority, dumps
+from agent.store import Store
+from agent.tasks import spawn, task_name
+from agent.topics import Topics
+
+log = logging.getLogger("agent.jobs.pack")
+
+_TICK_S = 0.5
+_STATE_EVERY_S = 0.2
+
+LABELS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["order_ids"],
+    "additionalProperties": False,
+    "properties": {
+        "order_ids": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "waybill": {"type": "string", "minLength": 1, "maxLength": 128},
+        "jobs": {"type": "array", "maxItems": 10, "items": {"type": "object"}},
+    },
+}
+FIND_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["key"],
+    "additionalProperties": False,
+    "properties": {"key": {"type": "string", "minLength": 1, "maxLength": 128},
+                   "limit": {"type": "integer", "minimum": 1, "maximum": 100}},
+}
+
+
+class PackService:
+    """The packing flow on this bench's devices."""
+
+    name = "pack"
+
+    def __init__(self, config: PackJobConfig, *, storage_dir: Path, devices: DeviceManager,
+                 bus: Bus, orders: OrderBook, printing: PrintService, store: Store,
+                 outbox: Outbox, link: MqttLink, topics: Topics,
+                 commands: CommandChannel) -> None:
+        self.config = config
+        self.flow = PackFlow(config.flow)
+        self.evidence = EvidenceStore(
+            store, config.photo_dir or storage_dir / "photos",
+            EvidenceLimits(config.photo_max_age_days, config.photo_quota_mb,
+                           config.record_retention_days))
+        self._devices, self._bus, self._orders, self._printing = devices, bus, orders, printing
+        self._outbox, self._link, self._topics = outbox, link, topics
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._parcel_id: str | None = None
+        self._state_dirty = asyncio.Event()
+        self.last_signal: str | None = None
+        orders.listeners.append(self._order_changed)
+        printing.listeners.append(self._job_changed)
+        commands.register("pack.labels", self._cmd_labels, args_schema=LABELS_SCHEMA,
+                          action=True)
+        commands.register("pack.state", self._cmd_state)
+        commands.register("evidence.find", self._cmd_find, args_schema=FIND_SCHEMA)
+
+    # ------------------------------------------------------------ service
+    async def run(self, _daemon: object = None) -> None:
+        await self.evidence.open()
+        scanners = {d.name for d in self._devices.by_role(self.config.scanner_role, "scanner")}
+        if not scanners:
+            log.warning("no scanner has role %r: the packing flow gets no scans",
+                        self.config.scanner_role)
+        scale = self.config.scale or next(
+            (d.name for d in self._devices.devices.values() if d.kind == "scale"), None)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._feed_scans(scanners), name=task_name("pack.scans"))
+            group.create_task(self._feed_weights(scale), name=task_name("pack.weights"))
+            group.create_task(self._tick(), name=task_name("pack.tick"))
+            group.create_task(self._consume(), name=task_name("pack.flow"))
+            group.create_task(self._publish_state(), name=task_name("pack.state"))
+
+    async def _feed_scans(self, scanners: set[str]) -> None:
+        with self._bus.subscribe(Scan, maxsize=256) as scans:
+            async for scan in scans:
+                if scan.device in scanners:
+                    self._events.put_nowait(scan)
+
+    async def _feed_weights(self, scale: str | None) -> None:
+        if scale is None:
+            log.warning("no scale: the packing flow cannot weigh parcels")
+            return
+        with self._bus.subscribe(WeightReading, device=scale, maxsize=256) as readings:
+            async for reading in readings:
+                self._events.put_nowait(reading)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK_S)
+            self._events.put_nowait(Tick(time.time()))
+
+    async def _consume(self) -> None:
+        before = self.flow.snapshot()
+        while True:
+            event = await self._events.get()
+            try:
+                actions = self.flow.handle(event)
+            except Exception:  # a bug in the flow must not stop the bench
+                log.exception("packing flow failed on %s", type(event).__name__)
+                continue
+            for action in actions:
+                try:
+                    await self._carry_out(action)
+                except AgentError as exc:
+                    log.error("packing action %s failed: %s", type(action).__name__, exc)
+            now = self.flow.snapshot()
+            if now != before:
+                before = now
+                self._state_dirty.set()
+
+    # ------------------------------------------------------------ actions
+    async def _carry_out(self, action: Action) -> None:
+        if isinstance(action, Signal):
+            self.last_signal = action.kind
+            log.info("signal: %s", action.kind)
+        elif isinstance(action, LookupOrder):
+            spawn(self._lookup(action.code), name="pack.lookup")
+        elif isinstance(action, TakePhoto):
+            spawn(self._photo(action.moment), name="pack.photo")
+        elif isinstance(action, SubmitPrint):
+            for job in action.jobs:
+                await self._submit(job)
+        elif isinstance(action, Reprint):
+            for job_id in action.job_ids:
+                await self._printing.reprint({"job_id": job_id, "reason": action.reason})
+        elif isinstance(action, RequestLabels):
+            await self._outbox.enqueue("pack.labels_request", action.as_dict(),
+                                       priority=Priority.CRITICAL)
+        elif isinstance(action, ReportIntercept):
+            await self._outbox.enqueue("pack.intercept", action.record,
+                                       priority=Priority.CRITICAL)
+        elif isinstance(action, ReportResult):
+            await self._report(action.evidence)
+
+    async def _lookup(self, code: str) -> None:
+        try:
+            parcel = await self._orders.find(code) or await self._orders.request(code)
+            self._events.put_nowait(OrderFound(code, _parcel_info(parcel), time.time()))
+        except AgentError as exc:
+            self._events.put_nowait(OrderNotFound(code, exc.code, exc.message, time.time()))
+
+    async def _photo(self, moment: str) -> None:
+        cameras = [d for d in self._devices.by_role(self.config.camera_role, "camera")
+                   if isinstance(d, Camera)]
+        if not cameras:
+            self._events.put_nowait(PhotoFailed(moment, f"no camera has role "
+                                                f"{self.config.camera_role!r}", time.time()))
+            return
+        try:
+            self._parcel_id = self._parcel_id or new_evidence_id()
+            jpeg = await cameras[0].snapshot_jpeg()
+            path = await self.evidence.write_photo(
+                self.evidence.photo_path(self._parcel_id, moment), jpeg)
+            relative = str(path.relative_to(self.evidence.photo_dir))
+            self._events.put_nowait(PhotoTaken(moment, relative, time.time()))
+        except (AgentError, OSError) as exc:
+            self._events.put_nowait(PhotoFailed(moment, str(exc), time.time()))
+
+    async def _submit(self, job: dict[str, Any]) -> None:
+        try:
+            await self._printing.submit(job)
+        except AgentError as exc:
+            self._events.put_nowait(PrintResult(job.get("job_id", "?"), "failed", time.time(),
+                                                code=exc.code, message=exc.message))
+
+    async def _report(self, evidence: dict[str, Any]) -> None:
+        evidence_id, self._parcel_id = self._parcel_id or new_evidence_id(), None
+        record = {**evidence, "evidence_id": evidence_id}
+        await self._outbox.enqueue("pack.result", record, priority=Priority.CRITICAL,
+                                   also=lambda db: insert_record(db, evidence_id, evidence))
+        log.info("parcel %s: %s (orders %s, waybill %s)", evidence_id, evidence.get("verdict"),
+                 ", ".join(evidence.get("order_ids", [])), evidence.get("waybill"))
+        if evidence.get("kind", "pack") == "pack" and str(evidence.get("verdict", "")
+                                                           ).startswith("pass"):
+            await self._orders.mark_packed(evidence["order_ids"], evidence.get("waybill") or "",
+                                           evidence_id)
+
+    # ------------------------------------------------------------ listeners
+    def _order_changed(self, order_id: str, state: str, reason: str | None) -> None:
+        self._events.put_nowait(OrderIntercepted(order_id, state, reason, time.time()))
+
+    def _job_changed(self, view: dict[str, Any]) -> None:
+        self._events.put_nowait(PrintResult(view["job_id"], view["state"], time.time(),
+                                            printer=view["printer"], code=view["code"],
+                                            message=view["message"]))
+
+    # ------------------------------------------------------------ state topic
+    async def _publish_state(self) -> None:
+        """Publish after every (re)connection and every change, at most every 0.2 s."""
+        while True:
+            await self._link.connected.wait()
+            connection = self._link.connection
+            self._state_dirty.clear()
+            self._link.publish_retained(self._topics.state, dumps(self.state()))
+            await asyncio.sleep(_STATE_EVERY_S)
+            while not self._state_dirty.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._state_dirty.wait()
+                if self._link.connection != connection or not self._link.connected.is_set():
+                    break  # a new connection: publish again once it is up
+
+    def state(self) -> dict[str, Any]:
+        return {**self.flow.snapshot(), "signal": self.last_signal}
+
+    # ------------------------------------------------------------ commands
+    async def _cmd_labels(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._events.put_nowait(LabelsReady(tuple(args["order_ids"]), time.time(),
+                                            waybill=args.get("waybill"),
+                                            jobs=tuple(args.get("jobs", ()))))
+        return {"accepted": True}
+
+    async def _cmd_state(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return self.state()
+
+    async def _cmd_find(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"records": await self.evidence.find(args["key"], args.get("limit", 20))}
+
+
+def _parcel_info(parcel: Parcel) -> ParcelInfo:
+    """The order book's parcel as the flow reads it."""
+    packed: dict[str, tuple[float | None, str | None]] = {
+        record.order_id: (record.packed_at, record.waybill)
+        for record in parcel.records if record.packed_at is not None}
+    return ParcelInfo(parcel.orders,
+                      {order_id: (state.value, reason)
+                       for order_id, (state, reason) in parcel.states.items()},
+                      packed)
