@@ -130,3 +130,86 @@ def test_a_good_parcel_is_checked_weighed_photographed_labelled_verified_and_rep
     assert "packed" in str(got)
     central.wait_for(state_is("idle"), 15)
     assert agent.stop() == 0
+
+
+def open_parcel(central: CentralSystem, bench: Bench) -> None:
+    """The packer logs in and scans the order (a lookup takes a moment: scans wait)."""
+    bench.scanner.scan("EMP-7")
+    central.wait_for(state_is("idle"), 15)
+    bench.scanner.scan("SO-1")
+    central.wait_for(state_is("packing"), 15)
+
+
+def result_of(central: CentralSystem, order_id: str) -> dict[str, Any]:
+    message = central.wait_for(lambda m: m.topic == f"{PREFIX}/events/pack.result"
+                               and order_id in m.json["data"]["order_ids"], 20)[0]
+    data: dict[str, Any] = message.json["data"]
+    return data
+
+
+def test_a_weight_mismatch_stops_the_parcel_until_a_supervisor_overrides_with_a_reason(
+        broker: Broker, central: CentralSystem, agent_factory: Callable[..., AgentProcess],
+        bench: Bench) -> None:
+    agent = start(broker, central, agent_factory, bench)
+    open_parcel(central, bench)
+    for _ in range(2):
+        bench.scanner.scan("6901234567892")
+    central.wait_for(state_is("weighing"), 15)
+    bench.scale.set_weight(1180.0)  # expected 1000 g +/- 50 g
+    mismatch = central.wait_for(state_is("weight_mismatch"), 20)[-1].json
+    assert mismatch["stable_weight_g"] == pytest.approx(1180.0)
+    assert bench.label.jobs == [], "no label for a parcel that does not weigh right"
+    bench.scanner.scan("EMP-8")  # not a supervisor
+    central.wait_for(lambda m: state_is("weight_mismatch")(m)
+                     and m.json["last_rejection"] is not None, 15)
+    bench.scanner.scan("SUP-1")
+    bench.scanner.scan("RSN-SCALE-CHECKED")
+    central.wait_for(state_is("verify_label"), 30)
+    bench.scanner.scan("SF100")
+    evidence = result_of(central, "SO-1")
+    assert evidence["verdict"] == "pass_with_override"
+    [override] = evidence["overrides"]
+    assert "SUP-1" in str(override) and "RSN-SCALE-CHECKED" in str(override)
+    assert agent.stop() == 0
+
+
+def test_an_intercept_during_packing_stops_the_parcel_loudly_and_it_is_set_aside(
+        broker: Broker, central: CentralSystem, agent_factory: Callable[..., AgentProcess],
+        bench: Bench) -> None:
+    agent = start(broker, central, agent_factory, bench)
+    open_parcel(central, bench)
+    bench.scanner.scan("6901234567892")
+    central.wait_for(lambda m: state_is("packing")(m) and m.json["signal"] == "good"
+                     and m.json["lines"][0]["scanned"] == 1, 15)
+    held = central.request(SITE, BENCH, "order.hold",
+                           {"order_id": "SO-1", "reason": "buyer changed the address"})
+    assert held["ok"] is True, held
+    stopped = central.wait_for(state_is("intercepted"), 15)[-1].json
+    assert stopped["signal"] == "intercept"
+    assert "buyer changed the address" in str(stopped["intercept"])
+    report = central.wait_for(lambda m: m.topic == f"{PREFIX}/events/pack.intercept", 15)[0]
+    assert "SO-1" in str(report.json["data"])
+    bench.scanner.scan("6901234567892")  # nothing but set-aside is taken
+    bench.scanner.scan("CTL-ASIDE")
+    central.wait_for(state_is("idle"), 15)
+    evidence = result_of(central, "SO-1")
+    assert evidence["verdict"] == "abandoned" and "intercept" in str(evidence["reason"])
+    assert bench.label.jobs == []
+    assert agent.stop() == 0
+
+
+def test_an_order_the_bench_lacks_is_asked_of_the_central_system(
+        broker: Broker, central: CentralSystem, agent_factory: Callable[..., AgentProcess],
+        bench: Bench) -> None:
+    agent = start(broker, central, agent_factory, bench)
+    other = {**order(), "order_id": "SO-2", "waybills": ["SF200"], "print_jobs": []}
+    central.serve_orders({"SO-2": [other]})
+    bench.scanner.scan("EMP-7")
+    bench.scanner.scan("NOPE-1")
+    refused = central.wait_for(lambda m: state_is("idle")(m)
+                               and "NOPE-1" in str(m.json["last_rejection"]), 20)[-1].json
+    assert "unknown" in str(refused["last_rejection"]).lower()
+    bench.scanner.scan("SO-2")
+    packing = central.wait_for(state_is("packing"), 20)[-1].json
+    assert packing["order_ids"] == ["SO-2"]
+    assert agent.stop() == 0
