@@ -175,3 +175,16 @@ def test_a_scale_protocol_must_match_its_connection(tmp_path: Path, pki: Pki) ->
                          "connection": "serial:///dev/ttyUSB0"}}
     message = _error(_write(tmp_path, pki, devices=devices))
     assert "devices.scale: protocol hid-pos goes with a usb://VID:PID connection" in message
+
+
+def test_the_example_config_documents_valid_job_settings() -> None:
+    """config/bench-agent.example.toml is what installers copy: its [jobs] must load."""
+    import tomllib
+
+    from agent.config import JobsConfig
+    from tests.harness import ROOT
+
+    raw = tomllib.loads((ROOT / "config" / "bench-agent.example.toml").read_text())
+    jobs = JobsConfig.model_validate(raw["jobs"])
+    assert jobs.print.uncertain_policy == "ask" and jobs.pack.scanner_role == "items"
+    assert jobs.pack.flow.badge_prefix == "EMP-" and jobs.orders.lookup_timeout_s == 5.0

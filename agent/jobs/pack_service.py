@@ -69,6 +69,7 @@ log = logging.getLogger("agent.jobs.pack")
 
 _TICK_S = 0.5
 _STATE_EVERY_S = 0.2
+_RETENTION_EVERY_S = 3600.0
 
 LABELS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -132,6 +133,7 @@ class PackService:
             group.create_task(self._tick(), name=task_name("pack.tick"))
             group.create_task(self._consume(), name=task_name("pack.flow"))
             group.create_task(self._publish_state(), name=task_name("pack.state"))
+            group.create_task(self._retention(), name=task_name("pack.retention"))
 
     async def _feed_scans(self, scanners: set[str]) -> None:
         with self._bus.subscribe(Scan, maxsize=256) as scans:
@@ -151,6 +153,15 @@ class PackService:
         while True:
             await asyncio.sleep(_TICK_S)
             self._events.put_nowait(Tick(time.time()))
+
+    async def _retention(self) -> None:
+        """Apply the evidence retention at start and then every hour."""
+        while True:
+            try:
+                await self.evidence.prune()
+            except (AgentError, OSError) as exc:
+                log.error("evidence retention failed: %s", exc)
+            await asyncio.sleep(_RETENTION_EVERY_S)
 
     async def _consume(self) -> None:
         before = self.flow.snapshot()
