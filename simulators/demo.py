@@ -28,6 +28,8 @@ from pathlib import Path
 from simulators.broker import Broker, free_port
 from simulators.camera import BarcodeSpec, CameraScene
 from simulators.central import CentralSystem, Received
+from simulators.demo_parcels import describe as describe_packing
+from simulators.demo_parcels import play_parcels
 from simulators.pki import ensure_pki
 from simulators.printer import EscposPrinterSim, LabelPrinterSim
 from simulators.scale import MtSicsSimulator
@@ -124,6 +126,9 @@ def _describe(message: Received) -> str:
     except ValueError:
         return f"{message.topic}: {message.payload[:200]!r}"
     level = message.topic.split("/", 4)[-1]
+    packing = describe_packing(message, body)
+    if packing is not None:
+        return packing
     if level == "status":
         backlog = body.get("outbox", {})
         return (f"status {body['state']} (session {body['session']}, "
@@ -206,6 +211,9 @@ def _play(central: CentralSystem, bench: Bench) -> None:
     bench.scanner.scan("4006381333931")
     bench.scale.set_weight(1234.5)
     time.sleep(1.0)
+    bench.scale.set_weight(0.0)
+    time.sleep(1.0)
+    play_parcels(central, bench, SITE, BENCH)
     print("[demo] the label printer runs out of labels")
     ready_label = _ready_later(central, "label")
     bench.label.set_fault("paper_out")

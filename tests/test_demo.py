@@ -25,6 +25,17 @@ def test_the_demo_brings_a_bench_online_answers_commands_and_stops_cleanly(
                          ("slip", "printer"), ("camera", "camera")):
         assert f"[central] device {device} ({kind}) ready" in out
     assert "[central] device label (printer) faulted paper_out" in out
+    assert re.search(r"pack result pass for (SO-\d+-1) waybill SF\d+01: 4 scans, weight "
+                     r"1085.0 g \(expected 1080.0 g \+/- 54.0 g\), 2 photos", out), out
+    assert re.search(r"pack result pass_with_override for SO-\d+-2 waybill SF\d+02: .*"
+                     r"'supervisor': 'SUP-3', 'reason': 'RSN-PACKAGING-VARIANCE'", out)
+    assert re.search(r"pack intercept: .*'state': 'held', 'reason': 'buyer changed the "
+                     r"address'", out)
+    assert re.search(r"pack result abandoned for SO-\d+-3 .*reason: intercepted", out)
+    assert re.search(r"pack result pass for SO-\d+-4, SO-\d+-5 waybill SF\d+04", out)
+    assert re.search(r"customer service looks up waybill SF\d+02: pass_with_override, "
+                     r"packed by EMP-7, 1300.0 g, photos \['\d{4}-\d\d-\d\d/", out)
+    assert "bench weight_mismatch:" in out and "bench intercepted:" in out
     held = re.search(r"print job (SF\d{12})-waybill on label held paper_out", out)
     assert held, out
     waybill = held[1]
