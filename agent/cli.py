@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     found = sub.add_parser("discover", help="list candidate hardware: serial ports, USB scales "
                            "and printers, scanners, cameras (read-only, safe while running)")
     found.add_argument("--json", action="store_true", help="print the result as JSON")
+    evidence = sub.add_parser("evidence", help="the evidence of a parcel, by order id or "
+                              "waybill number (reads the bench's database; safe while running)")
+    evidence.add_argument("key", help="an order id or a waybill number")
+    evidence.add_argument("-c", "--config", help=config_help)
+    evidence.add_argument("--json", action="store_true", help="print the records as JSON")
     version = sub.add_parser("version", help="print the agent version")
     version.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -56,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "discover":
         return _discover(as_json=args.json)
+    if args.command == "evidence":
+        return _evidence(_config_path(args.config), args.key, as_json=args.json)
     if args.command == "check-config":
         return _check_config(_config_path(args.config), as_json=args.json)
     return _run(_config_path(args.config))
@@ -97,6 +104,43 @@ def _discover(*, as_json: bool) -> int:
             kind = entry["kind"] or "?"
             print(f"  {kind:8} {entry['what']}")
             print(f"           connection = \"{entry['connection']}\"")
+    return 0
+
+
+def _evidence(path: str, key: str, *, as_json: bool) -> int:
+    """Exit 0 with the records, 1 when none is found, 2 for a bad config or database."""
+    from agent.jobs.evidence import read_records
+
+    try:
+        config = load_config(path)
+        records = read_records(config.storage.dir / "agent.db", key)
+    except AgentError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps({"key": key, "records": records}, ensure_ascii=False))
+        return 0 if records else 1
+    if not records:
+        print(f"no evidence for {key!r} on this bench (an order id or waybill number)",
+              file=sys.stderr)
+        return 1
+    for record in records:
+        print(f"{record.get('kind', 'pack')} {record['evidence_id']}: {record.get('verdict')}"
+              f"{' (' + str(record['reason']) + ')' if record.get('reason') else ''}")
+        print(f"  orders {', '.join(record.get('order_ids', []))}, waybill "
+              f"{record.get('waybill')}, packer {record.get('packer')}, "
+              f"{record.get('started_at')} to {record.get('finished_at')}")
+        print(f"  weight {record.get('stable_weight_g')} g, expected "
+              f"{record.get('expected_weight_g')} g +/- {record.get('tolerance_g')} g")
+        for order in record.get("orders", []):
+            for line in order.get("lines", []):
+                serials = f" serials {', '.join(line['serials'])}" if line.get("serials") else ""
+                print(f"  {order['order_id']}: {line.get('packed')}/{line.get('expected')} x "
+                      f"{line.get('sku')} {line.get('name', '')}{serials}")
+        for override in record.get("overrides", []):
+            print(f"  override: {override}")
+        for photo in record.get("photos", []):
+            print(f"  photo {photo.get('moment')}: {photo.get('path') or photo.get('error')}")
     return 0
 
 

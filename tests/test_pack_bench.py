@@ -4,6 +4,9 @@ TCP, a camera on image files, mosquitto, the central double, the agent as a subp
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from simulators.central import CentralSystem, Received
 from simulators.printer import EscposPrinterSim, LabelPrinterSim
 from simulators.scale import MtSicsSimulator
 from simulators.scanner import SerialScannerSimulator
-from tests.harness import AgentProcess
+from tests.harness import ROOT, AgentProcess
 
 SITE, BENCH = "sh01", "b07"
 PREFIX = f"benchagent/v1/{SITE}/{BENCH}"
@@ -128,6 +131,17 @@ def test_a_good_parcel_is_checked_weighed_photographed_labelled_verified_and_rep
     assert [r["evidence_id"] for r in found["records"]] == [evidence["evidence_id"]]
     got = central.request(SITE, BENCH, "order.get", {"order_id": "SO-1"})["result"]
     assert "packed" in str(got)
+    # Customer service at the bench: the CLI reads the database while the agent runs.
+    cli = subprocess.run([sys.executable, "-m", "agent.cli", "evidence", "SO-1", "--json",
+                          "-c", str(agent.config)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30)
+    assert cli.returncode == 0, cli.stderr
+    [record] = json.loads(cli.stdout)["records"]
+    assert record["evidence_id"] == evidence["evidence_id"] and record["waybill"] == "SF100"
+    words = subprocess.run([sys.executable, "-m", "agent.cli", "evidence", "SF999",
+                            "-c", str(agent.config)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=30)
+    assert words.returncode == 1 and "no evidence for 'SF999'" in words.stderr
     central.wait_for(state_is("idle"), 15)
     assert agent.stop() == 0
 

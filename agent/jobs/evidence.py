@@ -118,14 +118,7 @@ class EvidenceStore:
 
     async def find(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
         """Records of an order id or waybill number, newest first."""
-        def _query(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = db.execute(
-                "SELECT e.id, e.created_at, e.body FROM evidence_keys k JOIN evidence e "
-                "ON e.id = k.evidence_id WHERE k.key = ? ORDER BY e.created_at DESC LIMIT ?",
-                (key, limit)).fetchall()
-            return [{"evidence_id": r[0], "stored_at": r[1], **json.loads(r[2])} for r in rows]
-
-        found: list[dict[str, Any]] = await self._store.run(_query)
+        found: list[dict[str, Any]] = await self._store.run(query_records, key, limit)
         return found
 
     # ------------------------------------------------------------ photos
@@ -195,6 +188,35 @@ class EvidenceStore:
             if day.is_dir() and _DAY.match(day.name) and not any(day.iterdir()):
                 day.rmdir()
         return removed, freed
+
+
+def read_records(db_path: Path, key: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Records of ``key`` read straight from the database, read-only (the CLI's lookup;
+    SQLite in WAL mode lets it read while the daemon writes).
+
+    Raises:
+        StorageError: the database is missing or cannot be read.
+    """
+    if not db_path.is_file():
+        raise StorageError(f"{db_path}: no agent database here (has the agent run with "
+                           f"this config?)")
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            return query_records(db, key, limit)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"{db_path}: cannot read the evidence: {exc}") from exc
+
+
+def query_records(db: sqlite3.Connection, key: str, limit: int) -> list[dict[str, Any]]:
+    """The records of an order id or waybill number, newest first."""
+    rows = db.execute(
+        "SELECT e.id, e.created_at, e.body FROM evidence_keys k JOIN evidence e "
+        "ON e.id = k.evidence_id WHERE k.key = ? ORDER BY e.created_at DESC LIMIT ?",
+        (key, limit)).fetchall()
+    return [{"evidence_id": r[0], "stored_at": r[1], **json.loads(r[2])} for r in rows]
 
 
 def _write_synced(path: Path, data: bytes) -> None:
