@@ -110,6 +110,8 @@ class PackService:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._parcel_id: str | None = None
         self._state_dirty = asyncio.Event()
+        self._state_urgent = asyncio.Event()
+        """Set when something besides the live weight changed: published without waiting."""
         self.last_signal: str | None = None
         orders.listeners.append(self._order_changed)
         printing.listeners.append(self._job_changed)
@@ -179,6 +181,8 @@ class PackService:
                     log.error("packing action %s failed: %s", type(action).__name__, exc)
             now = self.flow.snapshot()
             if now != before:
+                if _beyond_live_weight(now) != _beyond_live_weight(before):
+                    self._state_urgent.set()
                 before = now
                 self._state_dirty.set()
 
@@ -260,13 +264,17 @@ class PackService:
 
     # ------------------------------------------------------------ state topic
     async def _publish_state(self) -> None:
-        """Publish after every (re)connection and every change, at most every 0.2 s."""
+        """Publish after every (re)connection and every change; at most every 0.2 s while
+        only the live weight moves (a change the packer must see goes at once)."""
         while True:
             await self._link.connected.wait()
             connection = self._link.connection
             self._state_dirty.clear()
+            self._state_urgent.clear()
             self._link.publish_retained(self._topics.state, dumps(self.state()))
-            await asyncio.sleep(_STATE_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_STATE_EVERY_S):
+                    await self._state_urgent.wait()
             while not self._state_dirty.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
@@ -289,6 +297,11 @@ class PackService:
 
     async def _cmd_find(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"records": await self.evidence.find(args["key"], args.get("limit", 20))}
+
+
+def _beyond_live_weight(view: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot without what a moving weight alone changes."""
+    return {k: v for k, v in view.items() if k not in ("last_weight_g", "changed_at")}
 
 
 def _parcel_info(parcel: Parcel) -> ParcelInfo:
