@@ -19,7 +19,8 @@ from simulators.central import CentralSystem, Received
 from simulators.printer import EscposPrinterSim, LabelPrinterSim
 from simulators.scale import MtSicsSimulator
 from simulators.scanner import SerialScannerSimulator
-from tests.harness import ROOT, AgentProcess
+from simulators.signal import RelayBoardSim, lcus_frame
+from tests.harness import ROOT, AgentProcess, wait_until
 
 SITE, BENCH = "sh01", "b07"
 PREFIX = f"benchagent/v1/{SITE}/{BENCH}"
@@ -35,6 +36,7 @@ class Bench:
         self.slip = EscposPrinterSim().start()
         self.camera = CameraScene([BarcodeSpec("ean13", "4006381333931")],
                                   (320, 240)).write_sequence(tmp / "camera", frames=3)
+        self.light = RelayBoardSim(tmp / "light").start()  # green 1, red 2, red+buzzer 3
 
     def devices(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,10 @@ class Bench:
             "slip": {"kind": "printer", "language": "escpos", "role": "slip",
                      "connection": f"tcp://127.0.0.1:{self.slip.port}"},
             "camera": {"kind": "camera", "role": "packing", "connection": self.camera},
+            "light": {"kind": "signal", "connection": f"serial://{self.light.path}",
+                      **{signal: {"on": lcus_frame(relay, True).hex(" "),
+                                  "off": lcus_frame(relay, False).hex(" "), "ms": 100}
+                         for signal, relay in (("good", 1), ("bad", 2), ("intercept", 3))}},
         }
 
     def close(self) -> None:
@@ -54,6 +60,7 @@ class Bench:
         self.scanner.close()
         self.label.stop()
         self.slip.stop()
+        self.light.close()
 
 
 @pytest.fixture
@@ -86,7 +93,7 @@ def start(broker: Broker, central: CentralSystem, agent_factory: Callable[..., A
           bench: Bench) -> AgentProcess:
     central.subscribe(f"{PREFIX}/state")
     agent = agent_factory(broker, devices=bench.devices()).start()
-    for device in ("scanner", "scale", "label", "slip", "camera"):
+    for device in ("scanner", "scale", "label", "slip", "camera", "light"):
         central.wait_for(lambda m, d=device: m.topic.endswith("/events/device_state")
                          and m.json["data"]["device"] == d
                          and m.json["data"]["state"] == "ready", 30)
@@ -144,6 +151,11 @@ def test_a_good_parcel_is_checked_weighed_photographed_labelled_verified_and_rep
                            text=True, timeout=30)
     assert words.returncode == 1 and "no evidence for 'SF999'" in words.stderr
     central.wait_for(state_is("idle"), 15)
+    # The stack light: green for each good scan, red for the wrong item.
+    wait_until(lambda: (2, True) in bench.light.switched(), 5, "the red light")
+    switched = bench.light.switched()
+    assert (1, True) in switched and (3, True) not in switched
+    assert bench.light.bad_frames == 0
     assert agent.stop() == 0
 
 
@@ -202,6 +214,7 @@ def test_an_intercept_during_packing_stops_the_parcel_loudly_and_it_is_set_aside
     stopped = central.wait_for(state_is("intercepted"), 15)[-1].json
     assert stopped["signal"] == "intercept"
     assert "buyer changed the address" in str(stopped["intercept"])
+    wait_until(lambda: (3, True) in bench.light.switched(), 5, "the red light and buzzer")
     report = central.wait_for(lambda m: m.topic == f"{PREFIX}/events/pack.intercept", 15)[0]
     assert "SO-1" in str(report.json["data"])
     bench.scanner.scan("6901234567892")  # nothing but set-aside is taken

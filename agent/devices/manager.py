@@ -22,6 +22,7 @@ from agent.devices.readings import StateChange
 from agent.devices.scale import make_scale
 from agent.devices.scanner import make_scanner
 from agent.devices.settings import DeviceSettingsBase
+from agent.devices.signal import make_signal
 from agent.tasks import task_name
 
 log = logging.getLogger("agent.devices")
@@ -32,8 +33,9 @@ BUILDERS: dict[str, Builder] = {
     "scale": make_scale,
     "printer": make_printer,
     "camera": make_camera,
+    "signal": make_signal,
 }
-"""Kinds with a driver. ``signal`` devices (stack lights) are driven by the pack job."""
+"""Every kind has a driver; ``signal`` devices are told what to show by the pack job."""
 
 
 class DeviceManager:

@@ -180,10 +180,50 @@ class CameraSettings(DeviceSettingsBase):
         return value
 
 
+def _hex_bytes(value: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not hex bytes such as \"A0 01 01 A2\"") from exc
+
+
+class SignalPattern(BaseModel):
+    """What one signal sends: ``on`` bytes, then after ``ms`` the ``off`` bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on: str
+    """Hex bytes that switch the light/buzzer on (``"A0 01 01 A2"``: LCUS relay 1 on)."""
+    off: str = ""
+    """Hex bytes sent after ``ms`` (none: the device times out by itself)."""
+    ms: Annotated[int, Field(ge=0, le=60_000)] = 600
+
+    @field_validator("on", "off")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        _hex_bytes(value)
+        return value
+
+    @property
+    def on_bytes(self) -> bytes:
+        return _hex_bytes(self.on)
+
+    @property
+    def off_bytes(self) -> bytes:
+        return _hex_bytes(self.off)
+
+
 class SignalSettings(DeviceSettingsBase):
-    """A stack light or buzzer (driven by the pack job)."""
+    """A stack light or buzzer behind a serial or network relay (driven by the pack job).
+
+    Each signal the packing flow gives (``good``, ``bad``, ``intercept``) is a pattern of
+    bytes the relay board understands; a signal without a pattern is not shown.
+    """
 
     kind: Literal["signal"] = "signal"
+    good: SignalPattern | None = None
+    bad: SignalPattern | None = None
+    intercept: SignalPattern | None = None
 
 
 DeviceSettings = Annotated[

@@ -11,7 +11,7 @@ tick every 0.5 s, and the answers to the flow's actions. It carries out the acti
 * ``ReportIntercept``: a ``pack.intercept`` event (critical);
 * ``ReportResult``: the evidence record and the ``pack.result`` event in one transaction,
   then the orders marked packed;
-* ``Signal``: logged and shown in the state (signal devices are not driven yet).
+* ``Signal``: shown on every signal device (stack light, buzzer) and in the state.
 
 The flow's snapshot is published retained on ``{prefix}/state`` at every change (at
 most every 0.2 s while only the live weight moves) and again after every reconnection.
@@ -32,6 +32,7 @@ from agent.config import PackJobConfig
 from agent.devices.camera import Camera
 from agent.devices.manager import DeviceManager
 from agent.devices.readings import Scan, WeightReading
+from agent.devices.signal import SignalDevice
 from agent.errors import AgentError
 from agent.jobs.evidence import EvidenceLimits, EvidenceStore, insert_record, new_evidence_id
 from agent.jobs.order_book import OrderBook
@@ -191,6 +192,9 @@ class PackService:
         if isinstance(action, Signal):
             self.last_signal = action.kind
             log.info("signal: %s", action.kind)
+            for device in self._devices.devices.values():
+                if isinstance(device, SignalDevice):
+                    device.show(action.kind)
         elif isinstance(action, LookupOrder):
             spawn(self._lookup(action.code), name="pack.lookup")
         elif isinstance(action, TakePhoto):
