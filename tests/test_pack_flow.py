@@ -600,3 +600,23 @@ def test_random_event_sequences_never_raise_and_cancel_always_reaches_idle(
     assert len(json.dumps(snap)) < 4000
     for evidence in bench.results():
         json.dumps(evidence)
+
+
+def test_a_slip_waiting_for_its_waybill_is_no_news_and_a_printer_hold_clears_when_it_goes_on(
+) -> None:
+    bench = Bench()
+    bench.open()
+    bench.pack_all()
+    bench.weigh(830.0)
+    assert bench.snap["state"] == "labelling"
+    session = bench.flow.session
+    assert session is not None
+    slip = next(job_id for job_id in session.print_jobs if job_id.endswith("slip"))
+    bench.send(PrintResult, slip, "held", printer="slip", code="waiting_for_group",
+               message="waits for job SO-1001-waybill (number 1 of group SO-1001-labels)")
+    assert "waits for job" not in bench.snap["message"]
+    bench.send(PrintResult, "SO-1001-waybill", "held", printer="label", code="paper_out",
+               message="paper out")
+    assert bench.snap["message"].startswith("label: paper out")
+    bench.send(PrintResult, "SO-1001-waybill", "printing", printer="label")
+    assert "paper out" not in bench.snap["message"]

@@ -353,8 +353,11 @@ class Steps:
             self._rejected("print_failed", reason, event.at)
             return [Signal("bad")]
         if event.state == "held":
-            self.news = f"{printer}: {event.message or event.code}"
+            if event.code != "waiting_for_group":  # the slip waiting for its waybill is normal
+                self.news = f"{printer}: {event.message or event.code}"
             return []
+        if self.news is not None and self.news.startswith(f"{printer}: "):
+            self.news = None  # the printer goes on: its hold is over
         if self.state == PackState.LABELLING and s.labels_done():
             self._go(PackState.VERIFY_LABEL, event.at)
         return []
