@@ -34,6 +34,7 @@ from simulators.pki import ensure_pki
 from simulators.printer import EscposPrinterSim, LabelPrinterSim
 from simulators.scale import MtSicsSimulator
 from simulators.scanner import SerialScannerSimulator
+from simulators.signal import RelayBoardSim
 
 SITE, BENCH = "demo", "bench01"
 
@@ -51,10 +52,12 @@ class Bench:
         scene = CameraScene([BarcodeSpec("ean13", "4006381333931"),
                              BarcodeSpec("qrcode", "SF1234567890")], (640, 480))
         self.camera = scene.write_sequence(devices / "camera", frames=5)
+        self.light = RelayBoardSim(devices / "light").start()  # green 1, red 2, buzzer 3
 
     def close(self) -> None:
         self.scale.stop()
         self.scanner.close()
+        self.light.close()
         self.label.stop()
         self.slip.stop()
 
@@ -111,6 +114,13 @@ role = "packing_slip"
 connection = "tcp://127.0.0.1:{bench.slip.port}"
 width_mm = 72.0
 text_encoding = "gb18030"
+
+[devices.light]
+kind = "signal"
+connection = "serial://{bench.light.path}"
+good = {{ on = "A0 01 01 A2", off = "A0 01 00 A1", ms = 300 }}
+bad = {{ on = "A0 02 01 A3", off = "A0 02 00 A2", ms = 800 }}
+intercept = {{ on = "A0 03 01 A4", off = "A0 03 00 A3", ms = 2000 }}
 
 [devices.camera]
 kind = "camera"
@@ -205,7 +215,7 @@ def _job_state(central: CentralSystem, job_id: str, state: str) -> None:
 
 def _play(central: CentralSystem, bench: Bench) -> None:
     """A few minutes of a bench's life, in seconds."""
-    for device in ("scale", "scanner", "label", "slip", "camera"):
+    for device in ("scale", "scanner", "label", "slip", "camera", "light"):
         _device_state(central, device, "ready", new=False)
     print("[demo] every device is ready; a packer scans an item and puts a parcel on the scale")
     bench.scanner.scan("4006381333931")
@@ -214,6 +224,9 @@ def _play(central: CentralSystem, bench: Bench) -> None:
     bench.scale.set_weight(0.0)
     time.sleep(1.0)
     play_parcels(central, bench, SITE, BENCH)
+    colours = {1: "green", 2: "red", 3: "red + buzzer"}
+    shown = [colours[relay] for relay, on in bench.light.switched() if on]
+    print(f"[demo] the stack light showed: {', '.join(shown)}")
     print("[demo] the label printer runs out of labels")
     ready_label = _ready_later(central, "label")
     bench.label.set_fault("paper_out")

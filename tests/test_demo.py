@@ -36,6 +36,8 @@ def test_the_demo_brings_a_bench_online_answers_commands_and_stops_cleanly(
     assert re.search(r"customer service looks up waybill SF\d+02: pass_with_override, "
                      r"packed by EMP-7, 1300.0 g, photos \['\d{4}-\d\d-\d\d/", out)
     assert "bench weight_mismatch:" in out and "bench intercepted:" in out
+    light = re.search(r"\[demo\] the stack light showed: (.*)", out)
+    assert light and {"green", "red", "red + buzzer"} <= set(light[1].split(", ")), out
     held = re.search(r"print job (SF\d{12})-waybill on label held paper_out", out)
     assert held, out
     waybill = held[1]
@@ -44,8 +46,8 @@ def test_the_demo_brings_a_bench_online_answers_commands_and_stops_cleanly(
         f"{waybill}-slip on slip printing")
     assert f"print job {waybill}-slip on slip sent" in out
     assert "[central] device scale (scale) disconnected disconnected" in out
-    assert "devices.list: scale ready, scanner ready, label ready, slip ready, camera ready" \
-        in out
+    assert ("devices.list: scale ready, scanner ready, label ready, slip ready, light ready, "
+            "camera ready") in out
     assert "scanner: scan '4006381333931' (EAN-13" in result.stderr + out
     assert "scale: settled at 1234.5 g" in result.stderr + out
     assert "[central] status offline (session 1, reason shutdown" in out
