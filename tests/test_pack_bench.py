@@ -241,3 +241,37 @@ def test_an_order_the_bench_lacks_is_asked_of_the_central_system(
     packing = central.wait_for(state_is("packing"), 20)[-1].json
     assert packing["order_ids"] == ["SO-2"]
     assert agent.stop() == 0
+
+
+def test_labels_asked_of_the_central_system_once_the_weight_is_known(
+        broker: Broker, central: CentralSystem, agent_factory: Callable[..., AgentProcess],
+        bench: Bench) -> None:
+    """An order without print jobs: the bench sends the real weight, the central system
+    answers with the carrier's waybill (priced by that weight) and the bench prints it."""
+    agent = start(broker, central, agent_factory, bench)
+    bare = {**order(), "order_id": "SO-3", "waybills": [], "print_jobs": []}
+    assert central.request(SITE, BENCH, "order.push", {"orders": [bare]})["ok"]
+    bench.scanner.scan("EMP-7")
+    central.wait_for(state_is("idle"), 15)
+    bench.scanner.scan("SO-3")
+    central.wait_for(state_is("packing"), 15)
+    for _ in range(2):
+        bench.scanner.scan("6901234567892")
+    central.wait_for(state_is("weighing"), 15)
+    bench.scale.set_weight(1004.0)
+    asked = central.wait_for(lambda m: m.topic == f"{PREFIX}/events/pack.labels_request",
+                             20)[0].json["data"]
+    assert asked == {"order_ids": ["SO-3"], "weight_g": pytest.approx(1004.0)}
+    waybill = b"^XA^FO40,40^BCN,120,Y^FDYT300^FS^XZ"
+    answer = central.request(SITE, BENCH, "pack.labels", {
+        "order_ids": ["SO-3"], "waybill": "YT300",
+        "jobs": [{"role": "label", "document": {
+            "format": "zpl", "data": base64.b64encode(waybill).decode()}}]})
+    assert answer["ok"] is True, answer
+    central.wait_for(state_is("verify_label"), 20)
+    assert bench.label.jobs == [waybill]
+    bench.scanner.scan("YT300")
+    evidence = result_of(central, "SO-3")
+    assert evidence["verdict"] == "pass" and evidence["waybill"] == "YT300"
+    assert evidence["waybill_verified"] is True
+    assert agent.stop() == 0
