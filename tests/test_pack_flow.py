@@ -620,3 +620,20 @@ def test_a_slip_waiting_for_its_waybill_is_no_news_and_a_printer_hold_clears_whe
     assert bench.snap["message"].startswith("label: paper out")
     bench.send(PrintResult, "SO-1001-waybill", "printing", printer="label")
     assert "paper out" not in bench.snap["message"]
+
+
+def test_while_a_serial_is_awaited_other_codes_and_products_are_not_taken_as_it() -> None:
+    phone = {"sku": "PHONE", "name": "Phone", "barcodes": ["6901234567892"], "quantity": 1,
+             "unit_weight_g": 200.0, "serial_required": True}
+    bench = Bench()
+    bench.open(make_order(lines=[phone]), code="SO-1001")
+    bench.scan("6901234567892")
+    assert bench.snap["awaiting"] == "serial"
+    for not_serial in ("CTL-REWEIGH", "RSN-SCALE-CHECKED", "EMP-9", "4006381333931",
+                       "12345670"):
+        out = bench.scan(not_serial)
+        assert out == [Signal("bad")], not_serial
+        assert bench.snap["last_rejection"]["code"] in ("serial_expected", "badge_refused")
+        assert bench.snap["awaiting"] == "serial"
+    bench.scan("SN-PHONE-0001")
+    assert bench.snap["awaiting"] is None and lines(bench.snap)["SO-1001/PHONE"] == (1, 1)

@@ -166,10 +166,22 @@ class PackFlow(Steps):
         self.news = f"{line.label}: {line.packed} of {line.line.quantity}"
         return [Signal("good"), *self._check_packed(scan.at)]
 
+    def _not_a_serial(self, scan: Scan, data: str) -> bool:
+        """A scan that is something else: a badge, a control or reason code, or a product
+        (a GS1 GTIN, or all digits of a GTIN's length: EAN-8, UPC-A, EAN-13, GTIN-14)."""
+        if self._is_badge(data) or data in self.config.reason_codes:
+            return True
+        if data in self.config.controls.model_dump().values():
+            return True
+        if scan.gs1 and ("01" in scan.gs1 or "gtin" in scan.gs1):
+            return True
+        return data.isdigit() and len(data) in (8, 12, 13, 14)
+
     def _take_serial(self, scan: Scan, data: str) -> list[Action]:
         s, line = self._session(), self.pending_serial
         assert line is not None
-        if s.lines_for(scan) or data in s.packaging() or data in s.codes:
+        if s.lines_for(scan) or data in s.packaging() or data in s.codes \
+                or self._not_a_serial(scan, data):
             return self._reject(scan, "serial_expected", f"{data} is a barcode, not a "
                                 f"serial number: scan the serial number of {line.label}")
         if s.serial_taken(data):
