@@ -16,7 +16,6 @@ ends the connection and the supervisor reconnects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from agent.bus import Bus
@@ -47,8 +46,9 @@ class SignalDevice(Device[SignalSettings]):
         """Show ``good``, ``bad`` or ``intercept`` (ignored when not configured or offline)."""
         if self._pattern(signal) is None or self._transport is None:
             return
-        with contextlib.suppress(asyncio.QueueFull):  # a burst keeps the newest few
-            self._queue.put_nowait(signal)
+        if self._queue.full():  # a burst keeps the newest: the latest verdict matters
+            self._queue.get_nowait()
+        self._queue.put_nowait(signal)
 
     def _pattern(self, signal: str) -> SignalPattern | None:
         pattern: SignalPattern | None = getattr(self.settings, signal, None) \

@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -270,20 +270,7 @@ class OrderBook:
                 another waybill).
         """
         async with self._changes:
-            records = []
-            for order_id in order_ids:
-                record = await self._store.run(order_store.get, order_id)
-                if record is None or record.order is None:
-                    raise OrderError(f"order {order_id} is not on this bench; only pushed "
-                                     f"orders can be packed", code="unknown_order")
-                if record.state in INTERCEPTS:
-                    raise OrderError(f"order {order_id} is {record.state.value} "
-                                     f"({record.reason}); an intercepted order is not packed",
-                                     code="intercepted")
-                if record.state is OrderState.PACKED and record.waybill != waybill:
-                    raise already_packed(record)
-                records.append(record)
-            todo = [r.order_id for r in records if r.state is not OrderState.PACKED]
+            todo = await self._packable(order_ids, waybill)
             if todo:
                 await self._store.run(order_store.mark_packed, todo, waybill, evidence_id,
                                       self.now())
@@ -291,6 +278,42 @@ class OrderBook:
                      waybill, evidence_id)
             return [r for r in [await self._store.run(order_store.get, i) for i in order_ids]
                     if r is not None]
+
+    async def _packable(self, order_ids: Sequence[str], waybill: str) -> list[str]:
+        """The orders still to mark packed; raises as :meth:`mark_packed` says."""
+        records = []
+        for order_id in order_ids:
+            record = await self._store.run(order_store.get, order_id)
+            if record is None or record.order is None:
+                raise OrderError(f"order {order_id} is not on this bench; only pushed "
+                                 f"orders can be packed", code="unknown_order")
+            if record.state in INTERCEPTS:
+                raise OrderError(f"order {order_id} is {record.state.value} "
+                                 f"({record.reason}); an intercepted order is not packed",
+                                 code="intercepted")
+            if record.state is OrderState.PACKED and record.waybill != waybill:
+                raise already_packed(record)
+            records.append(record)
+        return [r.order_id for r in records if r.state is not OrderState.PACKED]
+
+    async def commit_packed(self, order_ids: Sequence[str], waybill: str, evidence_id: str,
+                            write: Callable[[Callable[[sqlite3.Connection], None]],
+                                            Awaitable[None]]) -> None:
+        """Check the orders may be packed and call ``write(mark)``, where ``mark`` marks
+        them packed inside the caller's transaction (the ``pack.result`` event's). The
+        book's lock is held throughout, so no hold or cancel slips in between.
+
+        Raises:
+            OrderError: as :meth:`mark_packed`; nothing is written then.
+        """
+        async with self._changes:
+            todo = await self._packable(order_ids, waybill)
+            now = self.now()
+
+            def mark(db: sqlite3.Connection) -> None:
+                order_store.mark_packed_rows(db, todo, waybill, evidence_id, now)
+
+            await write(mark)
 
     # ------------------------------------------------------------ asking the central system
     async def request(self, code: str, timeout_s: float | None = None) -> Parcel:

@@ -208,11 +208,17 @@ def mark_packed(db: sqlite3.Connection, order_ids: Sequence[str], waybill: str,
                 evidence_id: str, now: float) -> None:
     """Mark orders packed under ``waybill`` (which then finds them too), in one transaction."""
     with Transaction(db):
-        for order_id in order_ids:
-            db.execute("UPDATE orders SET state = ?, reason = NULL, packed_at = ?, "
-                       "updated_at = ?, waybill = ?, evidence_id = ? WHERE order_id = ?",
-                       (OrderState.PACKED.value, now, now, waybill, evidence_id, order_id))
-            _index(db, order_id, {waybill})
+        mark_packed_rows(db, order_ids, waybill, evidence_id, now)
+
+
+def mark_packed_rows(db: sqlite3.Connection, order_ids: Sequence[str], waybill: str,
+                     evidence_id: str, now: float) -> None:
+    """:func:`mark_packed` inside the caller's transaction (the ``pack.result`` event's)."""
+    for order_id in order_ids:
+        db.execute("UPDATE orders SET state = ?, reason = NULL, packed_at = ?, "
+                   "updated_at = ?, waybill = ?, evidence_id = ? WHERE order_id = ?",
+                   (OrderState.PACKED.value, now, now, waybill, evidence_id, order_id))
+        _index(db, order_id, {waybill})
 
 
 def merged(db: sqlite3.Connection, merge_id: str) -> list[OrderRecord]:

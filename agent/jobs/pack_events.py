@@ -10,13 +10,18 @@ JSON-safe through ``as_dict()``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.devices.readings import Scan, WeightReading
 from agent.jobs.orders import Order
+
+PHOTO_TRIGGERS = ("opened", "packed", "weighed")
+"""When a configured photo moment is taken (returns have ``returns_photo_moment``)."""
+
 
 # --- config -----------------------------------------------------------------------------
 
@@ -67,8 +72,20 @@ class PackConfig(BaseModel):
     """A reading under this is an empty pan: the parcel was taken off."""
     photo_moments: dict[str, str] = Field(
         default_factory=lambda: {"open": "packed", "closed": "weighed"})
-    """Photo moment -> when it is taken: ``packed`` (every item in), ``weighed`` (weight
-    accepted) or ``verified`` (waybill scanned back)."""
+    """Photo moment -> when it is taken: ``opened`` (the parcel opens), ``packed`` (every
+    item in) or ``weighed`` (weight accepted). Moments are 1-64 letters, digits, _ or -."""
+
+    @field_validator("photo_moments")
+    @classmethod
+    def _known_triggers(cls, value: dict[str, str]) -> dict[str, str]:
+        for moment, when in value.items():
+            if when not in PHOTO_TRIGGERS:
+                raise ValueError(f"photo moment {moment!r}: {when!r} is not one of "
+                                 f"{', '.join(PHOTO_TRIGGERS)}")
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", moment):
+                raise ValueError(f"photo moment {moment!r} may hold only letters, digits, "
+                                 f"_ and - (it names the photo file)")
+        return value
     returns_photo_moment: str | None = "returned"
     """Taken at the first settled weight of a return; ``None``: no photo."""
     lookup_timeout_s: Annotated[float, Field(gt=0)] = 15.0

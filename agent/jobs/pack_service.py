@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +36,9 @@ from agent.devices.camera import Camera
 from agent.devices.manager import DeviceManager
 from agent.devices.readings import Scan, WeightReading
 from agent.devices.signal import SignalDevice
-from agent.errors import AgentError
+from agent.errors import AgentError, OutboxFull
 from agent.jobs.evidence import EvidenceLimits, EvidenceStore, insert_record, new_evidence_id
-from agent.jobs.order_book import OrderBook
+from agent.jobs.order_book import OrderBook, OrderError
 from agent.jobs.order_store import Parcel
 from agent.jobs.pack_events import (
     Action,
@@ -71,6 +74,7 @@ log = logging.getLogger("agent.jobs.pack")
 _TICK_S = 0.5
 _STATE_EVERY_S = 0.2
 _RETENTION_EVERY_S = 3600.0
+_RETRY_S = 1.0
 
 LABELS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -114,6 +118,10 @@ class PackService:
         self._state_urgent = asyncio.Event()
         """Set when something besides the live weight changed: published without waiting."""
         self.last_signal: str | None = None
+        self._reporting = asyncio.Lock()
+        self.alert: str | None = None
+        """Something the packer must act on that the flow does not know (an intercept
+        after the label, results that cannot be stored); cleared by the next scan."""
         orders.listeners.append(self._order_changed)
         printing.listeners.append(self._job_changed)
         commands.register("pack.labels", self._cmd_labels, args_schema=LABELS_SCHEMA,
@@ -175,11 +183,13 @@ class PackService:
             except Exception:  # a bug in the flow must not stop the bench
                 log.exception("packing flow failed on %s", type(event).__name__)
                 continue
+            if isinstance(event, Scan):
+                self.alert = None  # the packer has moved on
             for action in actions:
                 try:
                     await self._carry_out(action)
-                except AgentError as exc:
-                    log.error("packing action %s failed: %s", type(action).__name__, exc)
+                except Exception:  # one failed action must not stop the bench's scans
+                    log.exception("packing action %s failed", type(action).__name__)
             now = self.flow.snapshot()
             if now != before:
                 if _beyond_live_weight(now) != _beyond_live_weight(before):
@@ -190,18 +200,17 @@ class PackService:
     # ------------------------------------------------------------ actions
     async def _carry_out(self, action: Action) -> None:
         if isinstance(action, Signal):
-            self.last_signal = action.kind
             log.info("signal: %s", action.kind)
-            for device in self._devices.devices.values():
-                if isinstance(device, SignalDevice):
-                    device.show(action.kind)
+            self._show(action.kind)
         elif isinstance(action, LookupOrder):
             spawn(self._lookup(action.code), name="pack.lookup")
         elif isinstance(action, TakePhoto):
-            spawn(self._photo(action.moment), name="pack.photo")
+            # The parcel's evidence id is fixed now, in event order: a photo task that runs
+            # late still files its picture under its own parcel.
+            self._parcel_id = self._parcel_id or new_evidence_id()
+            spawn(self._photo(action.moment, self._parcel_id), name="pack.photo")
         elif isinstance(action, SubmitPrint):
-            for job in action.jobs:
-                await self._submit(job)
+            spawn(self._submit_all(action.jobs), name="pack.print")  # rendering takes time
         elif isinstance(action, Reprint):
             for job_id in action.job_ids:
                 await self._printing.reprint({"job_id": job_id, "reason": action.reason})
@@ -212,7 +221,9 @@ class PackService:
             await self._outbox.enqueue("pack.intercept", action.record,
                                        priority=Priority.CRITICAL)
         elif isinstance(action, ReportResult):
-            await self._report(action.evidence)
+            evidence_id, self._parcel_id = self._parcel_id or new_evidence_id(), None
+            # In a task, so scans go on while a full outbox makes it wait; in order.
+            spawn(self._report_in_order(action.evidence, evidence_id), name="pack.report")
 
     async def _lookup(self, code: str) -> None:
         try:
@@ -221,7 +232,7 @@ class PackService:
         except AgentError as exc:
             self._events.put_nowait(OrderNotFound(code, exc.code, exc.message, time.time()))
 
-    async def _photo(self, moment: str) -> None:
+    async def _photo(self, moment: str, parcel_id: str) -> None:
         cameras = [d for d in self._devices.by_role(self.config.camera_role, "camera")
                    if isinstance(d, Camera)]
         if not cameras:
@@ -229,33 +240,91 @@ class PackService:
                                                 f"{self.config.camera_role!r}", time.time()))
             return
         try:
-            self._parcel_id = self._parcel_id or new_evidence_id()
             jpeg = await cameras[0].snapshot_jpeg()
             path = await self.evidence.write_photo(
-                self.evidence.photo_path(self._parcel_id, moment), jpeg)
+                self.evidence.photo_path(parcel_id, moment), jpeg)
             relative = str(path.relative_to(self.evidence.photo_dir))
             self._events.put_nowait(PhotoTaken(moment, relative, time.time()))
         except (AgentError, OSError) as exc:
             self._events.put_nowait(PhotoFailed(moment, str(exc), time.time()))
 
-    async def _submit(self, job: dict[str, Any]) -> None:
-        try:
-            await self._printing.submit(job)
-        except AgentError as exc:
-            self._events.put_nowait(PrintResult(job.get("job_id", "?"), "failed", time.time(),
-                                                code=exc.code, message=exc.message))
+    async def _submit_all(self, jobs: tuple[dict[str, Any], ...]) -> None:
+        for job in jobs:  # in order: the waybill before its slip
+            try:
+                await self._printing.submit(job)
+            except AgentError as exc:
+                self._events.put_nowait(PrintResult(job.get("job_id", "?"), "failed",
+                                                    time.time(), code=exc.code,
+                                                    message=exc.message))
 
-    async def _report(self, evidence: dict[str, Any]) -> None:
-        evidence_id, self._parcel_id = self._parcel_id or new_evidence_id(), None
-        record = {**evidence, "evidence_id": evidence_id}
-        await self._outbox.enqueue("pack.result", record, priority=Priority.CRITICAL,
-                                   also=lambda db: insert_record(db, evidence_id, evidence))
+    async def _report_in_order(self, evidence: dict[str, Any], evidence_id: str) -> None:
+        async with self._reporting:  # asyncio.Lock is first come, first served
+            await self._report(evidence, evidence_id)
+
+    async def _report(self, evidence: dict[str, Any], evidence_id: str) -> None:
+        """Store the parcel's evidence, its ``pack.result`` event and (for a passing parcel)
+        its orders packed, in one transaction. An order held or cancelled since the packer
+        last looked turns the parcel into an intercept: stop, signal, report."""
+        passing = evidence.get("kind", "pack") == "pack" and str(
+            evidence.get("verdict", "")).startswith("pass")
+        while True:
+            try:
+                if passing:
+                    try:
+                        await self._orders.commit_packed(
+                            evidence["order_ids"], evidence.get("waybill") or "", evidence_id,
+                            functools.partial(self._store_result, evidence, evidence_id))
+                        return
+                    except OrderError as exc:
+                        evidence = await self._refused(evidence, exc)
+                        passing = False
+                await self._store_result(evidence, evidence_id, None)
+                return
+            except OutboxFull as exc:
+                # Nothing may be lost: keep the record and try again (the flow moved on).
+                self.alert = ("results are waiting to be stored: the bench's outbox is full "
+                              "(is the broker reachable?)")
+                self._state_dirty.set()
+                log.error("parcel %s not stored yet: %s; retrying", evidence_id, exc)
+                await asyncio.sleep(_RETRY_S)
+
+    async def _store_result(self, evidence: dict[str, Any], evidence_id: str,
+                            mark: Callable[[sqlite3.Connection], None] | None) -> None:
+        def also(db: sqlite3.Connection) -> None:
+            insert_record(db, evidence_id, evidence)
+            if mark is not None:
+                mark(db)
+
+        await self._outbox.enqueue("pack.result", {**evidence, "evidence_id": evidence_id},
+                                   priority=Priority.CRITICAL, also=also)
         log.info("parcel %s: %s (orders %s, waybill %s)", evidence_id, evidence.get("verdict"),
                  ", ".join(evidence.get("order_ids", [])), evidence.get("waybill"))
-        if evidence.get("kind", "pack") == "pack" and str(evidence.get("verdict", "")
-                                                           ).startswith("pass"):
-            await self._orders.mark_packed(evidence["order_ids"], evidence.get("waybill") or "",
-                                           evidence_id)
+
+    async def _refused(self, evidence: dict[str, Any], exc: OrderError) -> dict[str, Any]:
+        """The order book refused to mark the parcel packed: tell the packer and the
+        central system, and record why."""
+        if exc.code == "intercepted":
+            self.alert = (f"STOP: {exc.message}. Take this parcel off the line and set it "
+                          f"aside")
+            self._show("intercept")
+            await self._outbox.enqueue("pack.intercept", {
+                "order_ids": evidence.get("order_ids", []), "stage": "after_label",
+                "waybill": evidence.get("waybill"), "packer": evidence.get("packer"),
+                "reason": exc.message}, priority=Priority.CRITICAL)
+            verdict = "intercepted"
+        else:
+            self.alert = f"this parcel was not recorded as packed: {exc.message}"
+            self._show("bad")
+            verdict = "not_recorded"
+        self._state_dirty.set()
+        log.warning("parcel of %s: %s", ", ".join(evidence.get("order_ids", [])), exc.message)
+        return {**evidence, "verdict": verdict, "reason": f"after the label: {exc.message}"}
+
+    def _show(self, signal: str) -> None:
+        self.last_signal = signal
+        for device in self._devices.devices.values():
+            if isinstance(device, SignalDevice):
+                device.show(signal)
 
     # ------------------------------------------------------------ listeners
     def _order_changed(self, order_id: str, state: str, reason: str | None) -> None:
@@ -287,7 +356,7 @@ class PackService:
                     break  # a new connection: publish again once it is up
 
     def state(self) -> dict[str, Any]:
-        return {**self.flow.snapshot(), "signal": self.last_signal}
+        return {**self.flow.snapshot(), "signal": self.last_signal, "alert": self.alert}
 
     # ------------------------------------------------------------ commands
     async def _cmd_labels(self, args: dict[str, Any]) -> dict[str, Any]:
