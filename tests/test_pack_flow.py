@@ -410,10 +410,13 @@ def test_without_a_known_waybill_the_scanned_label_is_recorded_unverified() -> N
     bench.pack_all()
     assert isinstance(bench.weigh(830.0)[-1], RequestLabels)
     assert bench.scan("CTL-REPRINT") == [RequestLabels(("SO-1001",), 830.0)]
-    bench.send(PrintResult, "central-job-1", "printed")
+    bench.send(PrintResult, "SO-1001-central-1", "printed")
     assert bench.snap["state"] == "labelling"
     assert bench.send(LabelsReady, ("SO-1001",)) == []
-    bench.send(PrintResult, "central-job-1", "printed")
+    bench.send(PrintResult, "SO-0999-packing_slip", "sent")  # another parcel's job
+    bench.send(PrintResult, "central-job-7", "printed", group="SO-0999")
+    assert bench.snap["state"] == "labelling", "only this parcel's jobs count"
+    bench.send(PrintResult, "central-job-8", "printed", group="SO-1001-labels")
     assert bench.snap["state"] == "verify_label"
     assert bench.scan("MUG-RED") == [Signal("bad")]
     assert bench.snap["last_rejection"]["code"] == "not_waybill"

@@ -200,6 +200,8 @@ class PrintResult(_JsonSafe):
     printer: str = ""
     code: str | None = None
     message: str = ""
+    group: str | None = None
+    """The job's ``group.id``, if it has one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -331,9 +331,10 @@ class PackService:
         self._events.put_nowait(OrderIntercepted(order_id, state, reason, time.time()))
 
     def _job_changed(self, view: dict[str, Any]) -> None:
+        group = view.get("group") or {}
         self._events.put_nowait(PrintResult(view["job_id"], view["state"], time.time(),
                                             printer=view["printer"], code=view["code"],
-                                            message=view["message"]))
+                                            message=view["message"], group=group.get("id")))
 
     # ------------------------------------------------------------ state topic
     async def _publish_state(self) -> None:

@@ -340,7 +340,11 @@ class Steps:
             return []
         if event.job_id not in s.print_jobs:
             # A job the central system submitted itself: the first is taken as the waybill.
-            if not (event.waybill or s.external_labels):
+            # Only a job of this parcel: its id or group names one of the parcel's orders
+            # (another parcel's slip finishing now must not pass for this waybill).
+            ours = any(order_id in f"{event.job_id} {event.group or ''}"
+                       for order_id in s.order_ids)
+            if not (event.waybill or (s.external_labels and ours)):
                 return []
             s.track_jobs([{"job_id": event.job_id}])
         job = s.print_jobs[event.job_id]
