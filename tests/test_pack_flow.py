@@ -640,3 +640,17 @@ def test_while_a_serial_is_awaited_other_codes_and_products_are_not_taken_as_it(
         assert bench.snap["awaiting"] == "serial"
     bench.scan("SN-PHONE-0001")
     assert bench.snap["awaiting"] is None and lines(bench.snap)["SO-1001/PHONE"] == (1, 1)
+
+
+def test_a_net_weight_is_refused_until_the_scale_shows_the_gross_weight() -> None:
+    bench = Bench()
+    bench.open()
+    bench.pack_all()
+    assert bench.snap["state"] == "weighing"
+    out = bench._send(WeightReading("scale1", WeightCondition.WEIGHT, 830.0, stable=True,
+                                    net=True, settled=True, at=bench.now()))
+    assert out == [Signal("bad")] and bench.snap["state"] == "weighing"
+    assert bench.snap["last_rejection"]["code"] == "scale_tared"
+    assert "a tare is set" in bench.snap["last_rejection"]["reason"]
+    bench.weigh(830.0)  # gross
+    assert bench.snap["state"] == "labelling"

@@ -278,6 +278,15 @@ class Steps:
         if grams is None or grams < self.config.empty_below_g:
             return []
         s = self._session()
+        if reading.net:
+            # A tare left on the scale takes weight off every parcel: an extra or a missing
+            # item could hide in it. Only the gross weight is checked.
+            if self.last_rejection is None or self.last_rejection.get("code") != "scale_tared":
+                self._rejected("scale_tared", f"the scale shows a net weight ({fmt_g(grams)}): "
+                               f"a tare is set; clear it on the scale and weigh again",
+                               reading.at)
+                return [Signal("bad")]
+            return []
         s.add_weight(grams, reading.at, self.config.max_weights)
         s.stable_weight_g = grams
         expected, tolerance = self._expected()
