@@ -82,6 +82,19 @@ CREATE TABLE IF NOT EXISTS print_jobs (
 );
 CREATE INDEX IF NOT EXISTS print_jobs_state ON print_jobs (state, updated_at);
 CREATE INDEX IF NOT EXISTS print_jobs_group ON print_jobs (group_id) WHERE group_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS evidence (
+    id TEXT PRIMARY KEY,                    -- UUIDv7: time-ordered
+    kind TEXT NOT NULL,                     -- pack | returns
+    verdict TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    body TEXT NOT NULL                      -- the record, JSON (agent/jobs/evidence.py)
+);
+CREATE INDEX IF NOT EXISTS evidence_age ON evidence (created_at);
+CREATE TABLE IF NOT EXISTS evidence_keys (
+    key TEXT NOT NULL,                      -- an order id or a waybill number
+    evidence_id TEXT NOT NULL REFERENCES evidence (id) ON DELETE CASCADE,
+    PRIMARY KEY (key, evidence_id)
+);
 CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT PRIMARY KEY,
     merge_id TEXT,                          -- orders sharing it are one parcel

@@ -18,13 +18,13 @@ import argparse
 import asyncio
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from agent.jobs.evidence import EvidenceLimits, EvidenceStore, insert_record, new_evidence_id
 from agent.store import Store, Transaction
+from benchmarks.rig import scratch_dir
 from benchmarks.stats import machine, percentile
 
 
@@ -73,9 +73,8 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=1000)
     args = parser.parse_args()
     print(machine())
-    base = Path("/var/tmp") if Path("/var/tmp").is_dir() else None
-    with tempfile.TemporaryDirectory(dir=base) as tmp:
-        asyncio.run(measure(Path(tmp), args.records, args.lookups))
+    with scratch_dir() as root:
+        asyncio.run(measure(root, args.records, args.lookups))
 
 
 if __name__ == "__main__":

@@ -28,21 +28,15 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.rig import agent_and_central, scratch_dir
 from benchmarks.stats import machine, percentile
-from simulators.broker import Broker
 from simulators.central import CentralSystem
-from simulators.pki import make_pki
-from tests.harness import bench_config, write_toml
 from tests.test_pack_bench import SLIP, WAYBILL_ZPL, Bench
 
 SITE, BENCH = "sh01", "b07"
@@ -171,42 +165,35 @@ def parcels_per_second(bench: Bench, states: States, parcels: int) -> None:
 
 
 def run(root: Path, scans: int, parcels: int, gap_s: float) -> None:
-    pki = make_pki(root / "pki", clients=("bench", "central"))
-    broker = Broker(root / "broker", pki).start()
     bench = Bench(root)
     devices = bench.devices()
     devices["scale"]["poll_interval_ms"] = SCALE_POLL_MS
-    doc = bench_config(root, broker.port, pki.ca, devices=devices,
-                       jobs={"print": {"confirm_poll_s": CONFIRM_POLL_S}},
-                       log={"level": os.environ.get("BENCH_LOG_LEVEL", "warning")})
-    config = write_toml(root / "agent.toml", doc)
-    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(config)],
-                             stdout=(root / "agent.log").open("wb"), stderr=subprocess.STDOUT)
-    central = CentralSystem(broker.port, pki.ca).connect()
-    central.watch()
-    central.subscribe(STATE)
     try:
-        for device in ("scanner", "scale", "label", "slip", "camera"):
-            central.wait_for(lambda m, d=device: m.topic.endswith("/events/device_state")
-                             and m.json["data"]["device"] == d
-                             and m.json["data"]["state"] == "ready", 30)
-        push(central, [{"order_id": "LAT-1", "waybills": ["SFLAT1"],
-                        "lines": [{"sku": "PEACH", "name": "Peach",
-                                   "barcodes": ["6901234567892"], "quantity": 100000,
-                                   "unit_weight_g": 1.0}]}]
-             + [parcel_order(n) for n in range(parcels + 3)])
-        states = States(central)
-        scan(bench, states, "EMP-7", lambda s: s["state"] == "idle")
-        scan(bench, states, "LAT-1", lambda s: s["state"] == "packing")
-        latency(bench, states, scans, gap_s)
-        scan(bench, states, "CTL-CANCEL", lambda s: s["state"] == "idle")
-        parcels_per_second(bench, states, parcels)
+        with agent_and_central(root, devices,
+                               jobs={"print": {"confirm_poll_s": CONFIRM_POLL_S}}) as central:
+            measure(central, bench, scans, parcels, gap_s)
     finally:
-        central.close()
-        agent.terminate()
-        agent.wait(30)
         bench.close()
-        broker.kill()
+
+
+def measure(central: CentralSystem, bench: Bench, scans: int, parcels: int,
+            gap_s: float) -> None:
+    central.subscribe(STATE)
+    for device in ("scanner", "scale", "label", "slip", "camera"):
+        central.wait_for(lambda m, d=device: m.topic.endswith("/events/device_state")
+                         and m.json["data"]["device"] == d
+                         and m.json["data"]["state"] == "ready", 30)
+    push(central, [{"order_id": "LAT-1", "waybills": ["SFLAT1"],
+                    "lines": [{"sku": "PEACH", "name": "Peach",
+                               "barcodes": ["6901234567892"], "quantity": 100000,
+                               "unit_weight_g": 1.0}]}]
+         + [parcel_order(n) for n in range(parcels + 3)])
+    states = States(central)
+    scan(bench, states, "EMP-7", lambda s: s["state"] == "idle")
+    scan(bench, states, "LAT-1", lambda s: s["state"] == "packing")
+    latency(bench, states, scans, gap_s)
+    scan(bench, states, "CTL-CANCEL", lambda s: s["state"] == "idle")
+    parcels_per_second(bench, states, parcels)
 
 
 def main() -> None:
@@ -217,9 +204,8 @@ def main() -> None:
                         help="pause after each state before the next scan")
     args = parser.parse_args()
     print(machine())
-    base = Path("/var/tmp") if Path("/var/tmp").is_dir() else None
-    with tempfile.TemporaryDirectory(dir=base) as tmp:
-        run(Path(tmp), args.scans, args.parcels, args.gap_s)
+    with scratch_dir() as root:
+        run(root, args.scans, args.parcels, args.gap_s)
 
 
 if __name__ == "__main__":

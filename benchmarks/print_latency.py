@@ -27,21 +27,15 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+from benchmarks.rig import agent_and_central, scratch_dir
 from benchmarks.stats import machine, percentile
-from simulators.broker import Broker
 from simulators.central import CentralSystem
-from simulators.pki import make_pki
 from simulators.printer import LabelPrinterSim
-from tests.harness import bench_config, write_toml
 
 SITE, BENCH = "sh01", "b07"
 
@@ -152,56 +146,48 @@ def count_states(central: CentralSystem, prefix: str, state: str, count: int,
 
 
 def run(root: Path, jobs: int, burst: int) -> None:
-    pki = make_pki(root / "pki", clients=("bench", "central"))
-    broker = Broker(root / "broker", pki).start()
     printer = TimedPrinter().start()
-    doc = bench_config(root, broker.port, pki.ca, devices={
-        "label": {"kind": "printer", "language": "zpl", "role": "label",
-                  "connection": f"tcp://127.0.0.1:{printer.port}"}},
-        jobs={"print": {"max_queue": burst + jobs + 10, "confirm_poll_s": 0.05}},
-        log={"level": os.environ.get("BENCH_LOG_LEVEL", "warning")})
-    config = write_toml(root / "agent.toml", doc)
-    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(config)],
-                             stdout=(root / "agent.log").open("wb"), stderr=subprocess.STDOUT)
-    central = CentralSystem(broker.port, pki.ca).connect()
-    central.watch()
+    devices = {"label": {"kind": "printer", "language": "zpl", "role": "label",
+                         "connection": f"tcp://127.0.0.1:{printer.port}"}}
+    jobs_config = {"print": {"max_queue": burst + jobs + 10, "confirm_poll_s": 0.05}}
     try:
-        central.wait_for(lambda m: m.topic.endswith("/events/device_state")
-                         and m.json["data"]["state"] == "ready", 30)
-        for n in range(20):  # warm-up
-            submit(central, n)
-            job_state(central, f"job-{n}", "printed", 20)
-        latencies_ms: list[float] = []
-        for n in range(100, 100 + jobs):
-            marker = f"bench-{n}".encode()
-            started = time.perf_counter()
-            submit(central, n)
-            with printer.arrived:
-                assert printer.arrived.wait_for(lambda m=marker: m in printer.first_byte, 20)
-            latencies_ms.append((printer.first_byte[marker] - started) * 1000)
-            job_state(central, f"job-{n}", "printed", 20)
-        print(f"latency over {jobs} jobs, central publish -> first byte at the printer: "
-              f"p50 {statistics.median(latencies_ms):.1f} ms, "
-              f"p99 {percentile(latencies_ms, 0.99):.1f} ms, max {max(latencies_ms):.1f} ms")
-
-        pdf_latency(central, printer, max(10, jobs // 10))
-
-        printer.set_fault("paused")
-        started = time.perf_counter()
-        for n in range(burst):
-            submit(central, n, prefix="burst")
-        published_s = time.perf_counter() - started
-        count_states(central, "burst-", "queued", burst, 300)
-        elapsed_s = time.perf_counter() - started
-        print(f"intake: {burst} jobs published in {published_s:.2f} s, all queued (validated, "
-              f"stored with fsync, reported) after {elapsed_s:.2f} s = "
-              f"{burst / elapsed_s:,.0f} jobs/s")
+        with agent_and_central(root, devices, jobs=jobs_config) as central:
+            measure(central, printer, jobs, burst)
     finally:
-        central.close()
-        agent.terminate()
-        agent.wait(30)
         printer.stop()
-        broker.kill()
+
+
+def measure(central: CentralSystem, printer: TimedPrinter, jobs: int, burst: int) -> None:
+    central.wait_for(lambda m: m.topic.endswith("/events/device_state")
+                     and m.json["data"]["state"] == "ready", 30)
+    for n in range(20):  # warm-up
+        submit(central, n)
+        job_state(central, f"job-{n}", "printed", 20)
+    latencies_ms: list[float] = []
+    for n in range(100, 100 + jobs):
+        marker = f"bench-{n}".encode()
+        started = time.perf_counter()
+        submit(central, n)
+        with printer.arrived:
+            assert printer.arrived.wait_for(lambda m=marker: m in printer.first_byte, 20)
+        latencies_ms.append((printer.first_byte[marker] - started) * 1000)
+        job_state(central, f"job-{n}", "printed", 20)
+    print(f"latency over {jobs} jobs, central publish -> first byte at the printer: "
+          f"p50 {statistics.median(latencies_ms):.1f} ms, "
+          f"p99 {percentile(latencies_ms, 0.99):.1f} ms, max {max(latencies_ms):.1f} ms")
+
+    pdf_latency(central, printer, max(10, jobs // 10))
+
+    printer.set_fault("paused")
+    started = time.perf_counter()
+    for n in range(burst):
+        submit(central, n, prefix="burst")
+    published_s = time.perf_counter() - started
+    count_states(central, "burst-", "queued", burst, 300)
+    elapsed_s = time.perf_counter() - started
+    print(f"intake: {burst} jobs published in {published_s:.2f} s, all queued (validated, "
+          f"stored with fsync, reported) after {elapsed_s:.2f} s = "
+          f"{burst / elapsed_s:,.0f} jobs/s")
 
 
 def main() -> None:
@@ -210,9 +196,8 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=1000, help="jobs published back to back")
     args = parser.parse_args()
     print(machine())
-    base = Path("/var/tmp") if Path("/var/tmp").is_dir() else None
-    with tempfile.TemporaryDirectory(dir=base) as tmp:
-        run(Path(tmp), args.jobs, args.burst)
+    with scratch_dir() as root:
+        run(root, args.jobs, args.burst)
 
 
 if __name__ == "__main__":

@@ -35,21 +35,6 @@ from agent.store import Store
 
 log = logging.getLogger("agent.jobs.evidence")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS evidence (
-    id TEXT PRIMARY KEY,                    -- UUIDv7: time-ordered
-    kind TEXT NOT NULL,                     -- pack | returns
-    verdict TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    body TEXT NOT NULL                      -- the record, JSON
-);
-CREATE INDEX IF NOT EXISTS evidence_age ON evidence (created_at);
-CREATE TABLE IF NOT EXISTS evidence_keys (
-    key TEXT NOT NULL,                      -- an order id or a waybill number
-    evidence_id TEXT NOT NULL REFERENCES evidence (id) ON DELETE CASCADE,
-    PRIMARY KEY (key, evidence_id)
-);
-"""
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -99,11 +84,7 @@ class EvidenceStore:
         self.limits = limits
 
     async def open(self) -> None:
-        def _create(db: sqlite3.Connection) -> None:
-            db.executescript(_SCHEMA)
-            db.execute("PRAGMA foreign_keys=ON")
-
-        await self._store.run(_create)
+        """Create the photo folder (the tables are in :mod:`agent.store`'s schema)."""
         try:
             await asyncio.to_thread(self.photo_dir.mkdir, parents=True, exist_ok=True)
         except OSError as exc:

@@ -29,7 +29,7 @@ from agent.jobs.pack_events import (
     Signal,
     Tick,
 )
-from agent.jobs.pack_session import fmt_g
+from agent.jobs.pack_session import LineProgress, fmt_g
 from agent.jobs.pack_steps import OPEN_PARCEL, PackState, Steps
 from agent.jobs.pack_view import bench_view
 from agent.outbox import iso_time
@@ -155,15 +155,25 @@ class PackFlow(Steps):
                               sku=line.line.sku)
                 self.news = f"{line.label} scanned"
                 return []
+            return self._count(scan, line, serial, "accepted")
+        return self._count(scan, line, None, "accepted")
+
+    def _count(self, scan: Scan, line: LineProgress, serial: str | None,
+               outcome: str) -> list[Action]:
+        """One more unit of ``line`` (with its ``serial``, unless already in the parcel)."""
+        s = self._session()
+        if serial is not None:
             if s.serial_taken(serial):
                 return self._reject(scan, "duplicate_serial", f"duplicate serial {serial}: "
                                     "already captured in this parcel")
             line.serials.append(serial)
+            if outcome == "serial":
+                self.pending_serial = None
         line.packed += 1
         s.last_item_at = scan.at
-        s.record_scan(scan, "accepted", order_id=line.order_id, sku=line.line.sku,
-                      serial=line.serials[-1] if line.line.serial_required else None)
-        self.news = f"{line.label}: {line.packed} of {line.line.quantity}"
+        s.record_scan(scan, outcome, order_id=line.order_id, sku=line.line.sku, serial=serial)
+        self.news = f"{line.label}: {line.packed} of {line.line.quantity}" + (
+            f", serial {serial}" if outcome == "serial" else "")
         return [Signal("good"), *self._check_packed(scan.at)]
 
     def _not_a_serial(self, scan: Scan, data: str) -> bool:
@@ -184,16 +194,7 @@ class PackFlow(Steps):
                 or self._not_a_serial(scan, data):
             return self._reject(scan, "serial_expected", f"{data} is a barcode, not a "
                                 f"serial number: scan the serial number of {line.label}")
-        if s.serial_taken(data):
-            return self._reject(scan, "duplicate_serial", f"duplicate serial {data}: "
-                                "already captured in this parcel")
-        line.serials.append(data)
-        line.packed += 1
-        s.last_item_at = scan.at
-        self.pending_serial = None
-        s.record_scan(scan, "serial", order_id=line.order_id, sku=line.line.sku, serial=data)
-        self.news = f"{line.label}: {line.packed} of {line.line.quantity}, serial {data}"
-        return [Signal("good"), *self._check_packed(scan.at)]
+        return self._count(scan, line, data, "serial")
 
     def _scan_weighing(self, scan: Scan, data: str) -> list[Action]:
         if (refused := self._refuse_common(scan, data)) is not None:
