@@ -151,6 +151,8 @@ def test_a_good_parcel_is_checked_weighed_photographed_labelled_verified_and_rep
                            text=True, timeout=30)
     assert words.returncode == 1 and "no evidence for 'SF999'" in words.stderr
     central.wait_for(state_is("idle"), 15)
+    shown = central.request(SITE, BENCH, "pack.state")["result"]
+    assert shown["state"] == "idle" and shown["last_parcel"]["verdict"] == "pass"
     # The stack light: green for each good scan, red for the wrong item.
     wait_until(lambda: (2, True) in bench.light.switched(), 5, "the red light")
     switched = bench.light.switched()

@@ -633,3 +633,44 @@ def test_a_tspl_printer_gets_a_png_as_one_bitmap_job_and_a_receipt_printer_holds
         assert agent.stop() == 0
     finally:
         tspl.stop()
+
+
+def test_with_the_reprint_policy_a_job_cut_off_by_a_crash_prints_again_and_says_so(
+        central: CentralSystem, bench: Callable[..., AgentProcess],
+        label: LabelPrinterSim) -> None:
+    label.label_time_s = 3.0
+    agent = bench(uncertain_policy="reprint")
+    ready(central, "label")
+    submit(central, "rp-1", raw("zpl", zpl("again")))
+    wait_state(central, "rp-1", "printing")
+    wait_until(lambda: len(label.jobs) == 1, 10, "the job at the printer")
+    agent.kill9()
+    label.label_time_s = 0.0
+    restarted = bench(uncertain_policy="reprint")
+    queued = central.wait_for(lambda m: _is_job("rp-1", "queued")(m)
+                              and m.json["data"]["attempt"] == 2, 20)[0].json["data"]
+    assert queued["code"] == "agent_restarted" and "uncertain_policy = reprint" in \
+        queued["message"]
+    printed = wait_state(central, "rp-1", "printed")
+    assert printed["attempt"] == 2
+    assert label.jobs == [zpl("again"), zpl("again")]
+    listed = central.request(SITE, BENCH, "print.list", {"states": ["printed"]})["result"]
+    assert [job["job_id"] for job in listed["jobs"]] == ["rp-1"]
+    assert restarted.stop() == 0
+
+
+def test_a_zpl_printer_that_stops_answering_mid_job_leaves_it_uncertain_in_time(
+        central: CentralSystem, bench: Callable[..., AgentProcess],
+        label: LabelPrinterSim) -> None:
+    label.label_time_s = 10.0
+    agent = bench(confirm_timeout_s=1.0)
+    ready(central, "label")
+    submit(central, "ct-1", raw("zpl", zpl("silent")))
+    wait_state(central, "ct-1", "printing")
+    wait_until(lambda: len(label.jobs) == 1, 10, "the job at the printer")
+    label.no_reply = True  # connected, but ~HS gets no answer any more
+    uncertain = wait_state(central, "ct-1", "uncertain")
+    assert uncertain["code"] == "confirm_timeout"
+    assert "without progress" in uncertain["message"]
+    assert label.jobs == [zpl("silent")]
+    assert agent.stop() == 0

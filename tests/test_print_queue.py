@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -155,3 +156,34 @@ async def _expires_later(tmp_path: Path, sim: LabelPrinterSim) -> None:
                                                  "document": zpl("C")})
         await until(lambda: "j2" not in service.jobs)
         assert sim.jobs == [base64.b64decode(zpl("C")["data"])]
+
+
+def test_finished_jobs_lose_their_bytes_then_their_ids_as_retention_says(
+        tmp_path: Path, sim: LabelPrinterSim) -> None:
+    asyncio.run(asyncio.wait_for(_retention(tmp_path, sim), 30))
+
+
+async def _retention(tmp_path: Path, sim: LabelPrinterSim) -> None:
+    from agent.errors import CommandError
+    from agent.jobs import print_store
+
+    sim.label_time_s = 0.0
+    async with queue(tmp_path, sim, max_events=1000) as (store, _outbox, service, commands):
+        await until(lambda: service.spoolers["label"].printer.connected)
+        await commands.handlers["print.submit"]({"job_id": "j1", "printer": "label",
+                                                 "document": zpl("D")})
+        await until(lambda: "j1" not in service.jobs)
+        later = time.time() + 1
+        # keep_data_s passed, retention_s not yet: the id is known, the bytes are gone.
+        assert await store.run(print_store.prune, later, later - 3600) == 0
+        with pytest.raises(CommandError) as gone:
+            await commands.handlers["print.reprint"]({"job_id": "j1"})
+        assert gone.value.code == "data_expired"
+        again = await commands.handlers["print.submit"]({"job_id": "j1", "printer": "label",
+                                                         "document": zpl("D")})
+        assert again["duplicate"] is True
+        # retention_s passed too: the job is forgotten.
+        assert await store.run(print_store.prune, later, later) == 1
+        with pytest.raises(CommandError) as unknown:
+            await commands.handlers["print.get"]({"job_id": "j1"})
+        assert unknown.value.code == "unknown_job"
