@@ -26,7 +26,13 @@ log = logging.getLogger("agent.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE print_jobs ADD COLUMN waybill TEXT",),
+}
+"""What brings a database of the version before up to each version (``_SCHEMA`` creates
+the newest tables; these change tables an older agent created)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -78,6 +84,7 @@ CREATE TABLE IF NOT EXISTS print_jobs (
     message TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     updated_at REAL NOT NULL,
+    waybill TEXT,                           -- the waybill number on the label, if given
     data BLOB                               -- the bytes for the printer; NULL once dropped
 );
 CREATE INDEX IF NOT EXISTS print_jobs_state ON print_jobs (state, updated_at);
@@ -155,6 +162,8 @@ class Store:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version < SCHEMA_VERSION:
+                _migrate(db, version)
             elif version != SCHEMA_VERSION:
                 raise StorageError(
                     f"{self.path}: database schema {version} is newer than this agent "
@@ -202,3 +211,18 @@ def meta_add(db: sqlite3.Connection, key: str, delta: int) -> int:
         (key, delta),
     )
     return meta_get(db, key)
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Upgrade a database written by an older agent, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[target]:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.warning("database upgraded from schema %d to %d", version, SCHEMA_VERSION)

@@ -149,3 +149,32 @@ def test_the_published_envelope_carries_identity_times_and_the_replayed_flag(
     assert late["replayed"] is True and live["replayed"] is False
     assert late["data"] == {"k": "é"} and late["site"] == "s" and late["bench"] == "b"
     assert late["seq"] == 1 and live["seq"] == 2
+
+
+def test_a_database_of_an_older_agent_is_upgraded_and_keeps_its_events(
+        tmp_path: Path) -> None:
+    """Schema 1 had no print_jobs.waybill: opening it adds the column, keeps the rows."""
+    from agent.store import SCHEMA_VERSION, StorageError
+    with sqlite3.connect(tmp_path / "agent.db") as db:
+        db.executescript(
+            "CREATE TABLE print_jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL"
+            " UNIQUE, printer TEXT NOT NULL, document TEXT NOT NULL, copies INTEGER NOT NULL,"
+            " size INTEGER NOT NULL, labels INTEGER, summary TEXT NOT NULL, received_at REAL"
+            " NOT NULL, expires_at REAL, group_id TEXT, group_seq INTEGER, group_size INTEGER,"
+            " state TEXT NOT NULL, code TEXT, message TEXT NOT NULL, attempt INTEGER NOT NULL,"
+            " updated_at REAL NOT NULL, data BLOB);"
+            "INSERT INTO print_jobs (id, printer, document, copies, size, summary, received_at,"
+            " state, message, attempt, updated_at) VALUES ('J1', 'label', 'zpl', 1, 9, '', 1,"
+            " 'printed', '', 1, 1);"
+            "PRAGMA user_version=1;")
+
+    async def body(outbox: Outbox) -> Any:
+        await outbox.enqueue("a", {})
+        return outbox.count
+    assert _run(tmp_path, body) == 1
+    with sqlite3.connect(tmp_path / "agent.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT id, waybill FROM print_jobs").fetchall() == [("J1", None)]
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(StorageError, match="newer than this agent understands"):
+        _run(tmp_path, body)

@@ -124,10 +124,11 @@ def test_a_zpl_job_reaches_the_printer_byte_for_byte_and_is_confirmed_printed(
     agent = bench()
     ready(central, "label")
     job = zpl("SF1234567890", quantity=2)
-    reply = submit(central, "wb-1", raw("zpl", job))
+    reply = submit(central, "wb-1", raw("zpl", job), waybill="SF1234567890")
     assert reply["ok"] is True, reply
     jsonschema.validate(reply["result"], JOB_SCHEMA)
     assert reply["result"]["state"] == "queued" and reply["result"]["labels"] == 2
+    assert reply["result"]["waybill"] == "SF1234567890"
     printed = wait_state(central, "wb-1", "printed")
     assert label.jobs == [job]
     assert label.printed() == 2
@@ -140,7 +141,7 @@ def test_a_zpl_job_reaches_the_printer_byte_for_byte_and_is_confirmed_printed(
     assert status["print"]["printers"]["label"]["jobs_printed"] == 1
     assert status["print"]["jobs"]["queued"] == 0
     got = central.request(SITE, BENCH, "print.get", {"job_id": "wb-1"})["result"]
-    assert got["state"] == "printed"
+    assert got["state"] == "printed" and got["waybill"] == "SF1234567890"
     assert agent.stop() == 0
 
 

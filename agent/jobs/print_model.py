@@ -98,6 +98,7 @@ SUBMIT_SCHEMA: dict[str, Any] = {
                            "size": {"type": "integer", "minimum": 1, "maximum": 100}},
         },
         "expires_at": _TIME,
+        "waybill": {"type": "string", "minLength": 1, "maxLength": 128},
     },
     "oneOf": [{"required": ["printer"]}, {"required": ["role"]}],
 }
@@ -148,6 +149,9 @@ class PrintJob:
     group_id: str | None = None
     group_seq: int | None = None
     group_size: int | None = None
+    waybill: str | None = None
+    """The waybill number printed on this label, when the central system says it: the
+    packing bench checks the label scanned back on the box against it."""
     state: JobState = JobState.ACCEPTED
     code: str | None = None
     message: str = ""
@@ -176,5 +180,6 @@ class PrintJob:
                 "id": self.group_id, "seq": self.group_seq, "size": self.group_size},
             "received_at": iso_time(self.received_at),
             "expires_at": None if self.expires_at is None else iso_time(self.expires_at),
+            "waybill": self.waybill,
             "updated_at": iso_time(self.updated_at),
         }

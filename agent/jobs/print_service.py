@@ -302,7 +302,7 @@ class PrintService:
                        document=document["format"], copies=args.get("copies", 1), size=0,
                        labels=None, summary="", received_at=self.now(),
                        group_id=group.get("id"), group_seq=group.get("seq"),
-                       group_size=group.get("size"))
+                       group_size=group.get("size"), waybill=args.get("waybill"))
         try:
             if "expires_at" in args:
                 job.expires_at = parse_time(args["expires_at"], "expires_at", "invalid_args")

@@ -13,13 +13,13 @@ from typing import Any
 from agent.jobs.print_model import FINAL, JobState, PrintJob
 
 _COLUMNS = ("id, printer, document, copies, size, labels, summary, received_at, expires_at, "
-            "group_id, group_seq, group_size, state, code, message, attempt, updated_at")
+            "group_id, group_seq, group_size, state, code, message, attempt, updated_at, waybill")
 
 
 def _row(job: PrintJob) -> tuple[Any, ...]:
     return (job.id, job.printer, job.document, job.copies, job.size, job.labels, job.summary,
             job.received_at, job.expires_at, job.group_id, job.group_seq, job.group_size,
-            job.state.value, job.code, job.message, job.attempt, job.updated_at)
+            job.state.value, job.code, job.message, job.attempt, job.updated_at, job.waybill)
 
 
 def _job(row: tuple[Any, ...]) -> PrintJob:
@@ -27,13 +27,13 @@ def _job(row: tuple[Any, ...]) -> PrintJob:
                     labels=row[5], summary=row[6], received_at=row[7], expires_at=row[8],
                     group_id=row[9], group_seq=row[10], group_size=row[11],
                     state=JobState(row[12]), code=row[13], message=row[14], attempt=row[15],
-                    updated_at=row[16])
+                    updated_at=row[16], waybill=row[17])
 
 
 def insert(db: sqlite3.Connection, job: PrintJob, data: bytes | None) -> None:
     """Store a new job (and its bytes, unless it was refused)."""
     db.execute(f"INSERT INTO print_jobs ({_COLUMNS}, data) VALUES "
-               f"({', '.join('?' * 18)})", (*_row(job), data))
+               f"({', '.join('?' * 19)})", (*_row(job), data))
 
 
 def save_state(db: sqlite3.Connection, job: PrintJob) -> None:
