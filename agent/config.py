@@ -178,6 +178,10 @@ class PackJobConfig(_Section):
     photo_max_age_days: Annotated[float, Field(gt=0)] = 180.0
     photo_quota_mb: Annotated[float, Field(gt=0)] = 4096.0
     record_retention_days: Annotated[float, Field(gt=0)] = 3 * 365.0
+    photo_wait_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    """A parcel's report waits this long for photos still being taken (a photo of the
+    closed box as its label is scanned); one not taken by then is recorded with its
+    error, the picture is never linked to the record."""
     flow: PackConfig = PackConfig()
 
 

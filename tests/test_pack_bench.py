@@ -90,9 +90,9 @@ def state_is(name: str) -> Callable[[Received], bool]:
 
 
 def start(broker: Broker, central: CentralSystem, agent_factory: Callable[..., AgentProcess],
-          bench: Bench) -> AgentProcess:
+          bench: Bench, **overrides: Any) -> AgentProcess:
     central.subscribe(f"{PREFIX}/state")
-    agent = agent_factory(broker, devices=bench.devices()).start()
+    agent = agent_factory(broker, devices=bench.devices(), **overrides).start()
     for device in ("scanner", "scale", "label", "slip", "camera", "light"):
         central.wait_for(lambda m, d=device: m.topic.endswith("/events/device_state")
                          and m.json["data"]["device"] == d
@@ -105,7 +105,9 @@ def start(broker: Broker, central: CentralSystem, agent_factory: Callable[..., A
 def test_a_good_parcel_is_checked_weighed_photographed_labelled_verified_and_reported(
         broker: Broker, central: CentralSystem, agent_factory: Callable[..., AgentProcess],
         bench: Bench) -> None:
-    agent = start(broker, central, agent_factory, bench)
+    moments = {"open": "packed", "closed": "weighed", "labelled": "labelled"}
+    agent = start(broker, central, agent_factory, bench,
+                  jobs={"pack": {"flow": {"photo_moments": moments}}})
     bench.scanner.scan("EMP-7")
     central.wait_for(state_is("idle"), 15)
     bench.scanner.scan("SO-1")
@@ -132,7 +134,10 @@ def test_a_good_parcel_is_checked_weighed_photographed_labelled_verified_and_rep
     outcomes = [scan["outcome"] for scan in evidence["scans"]]
     assert outcomes.count("accepted") == 2 and len(outcomes) >= 4
     photos = {photo["moment"]: photo for photo in evidence["photos"]}
-    assert set(photos) == {"open", "closed"} and all(p["path"] for p in photos.values())
+    # The labelled photo is taken as the label is scanned: the record waits for it.
+    assert set(photos) == set(moments) and all(p["path"] for p in photos.values())
+    photo_dir = agent.config.parent / "state" / "photos"
+    assert all((photo_dir / p["path"]).stat().st_size > 1000 for p in photos.values())
     # The slip follows the waybill; the packer may be quicker than the slip printer.
     assert bench.slip.wait_for(lambda: bytes(bench.slip.received) == SLIP, 5)
     found = central.request(SITE, BENCH, "evidence.find", {"key": "SF100"})["result"]

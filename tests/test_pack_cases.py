@@ -199,6 +199,17 @@ def test_a_third_unit_of_a_two_unit_line_is_refused_with_the_reason_and_not_coun
     assert refusal["data"] == "MUG-1" and refusal["reason"] == "already 2 of 2 Mug"
     assert evidence["expected_weight_g"] == pytest.approx(620.0)
     assert evidence["stable_weight_g"] == pytest.approx(630.0)
+    # The central system changes an order while it is being packed: the parcel stops.
+    push(central, make_order("SO-R", "SFR", [line("MUG", "MUG-1", 1, 300.0)]))
+    scan(central, bench, "SO-R", in_state("packing"))
+    t0 = time.monotonic()
+    push(central, make_order("SO-R", "SFR", [line("MUG", "MUG-1", 2, 300.0)]))
+    stopped = state_after(central, t0, in_state("idle"))
+    assert stopped["last_rejection"]["code"] == "order_changed"
+    assert "scan the order again" in stopped["message"]
+    assert result_of(central, "SO-R")["verdict"] == "abandoned"
+    reopened = scan(central, bench, "SO-R", in_state("packing"))
+    assert [p["expected"] for p in reopened["lines"]] == [2]
     assert agent.stop() == 0
 
 

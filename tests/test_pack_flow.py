@@ -17,6 +17,7 @@ from agent.jobs.pack_events import (
     OrderFound,
     OrderIntercepted,
     OrderNotFound,
+    OrderUpdated,
     PackConfig,
     ParcelInfo,
     PhotoFailed,
@@ -404,7 +405,10 @@ def test_a_parcel_settled_on_the_scale_before_the_box_scan_is_weighed_at_once() 
     assert [w["grams"] for w in bench.flow._session().weights] == [835.0]
 
 
-def test_without_a_known_waybill_the_scanned_label_is_recorded_unverified() -> None:
+def test_without_a_known_waybill_the_label_cannot_pass_until_the_number_comes() -> None:
+    """Only this parcel's central-system jobs count as its labels; with no waybill number
+    known the label scanned back cannot be checked: refused (the default) until the
+    central system sends the number."""
     bench = Bench()
     bench.open(make_order(waybills=[], print_jobs=[]))
     bench.pack_all()
@@ -416,10 +420,46 @@ def test_without_a_known_waybill_the_scanned_label_is_recorded_unverified() -> N
     bench.send(PrintResult, "SO-0999-packing_slip", "sent")  # another parcel's job
     bench.send(PrintResult, "central-job-7", "printed", group="SO-0999")
     assert bench.snap["state"] == "labelling", "only this parcel's jobs count"
-    bench.send(PrintResult, "central-job-8", "printed", group="SO-1001-labels")
+    assert bench.send(PrintResult, "central-job-8", "printed",
+                      group="SO-1001-labels") == [Signal("bad")]
     assert bench.snap["state"] == "verify_label"
+    assert bench.snap["last_rejection"]["code"] == "waybill_unknown"
+    assert "did not send the waybill number of SO-1001" in bench.snap["message"]
     assert bench.scan("MUG-RED") == [Signal("bad")]
     assert bench.snap["last_rejection"]["code"] == "not_waybill"
+    assert bench.scan("ZTO777") == [Signal("bad")]
+    assert bench.snap["last_rejection"]["code"] == "waybill_unknown"
+    assert bench.results() == []
+    bench.send(LabelsReady, ("SO-1001",), waybill="ZTO777")
+    assert bench.snap["last_rejection"] is None and "ZTO777" in bench.snap["message"]
+    out = bench.scan("ZTO777")
+    assert isinstance(out[1], ReportResult)
+    assert out[1].evidence["waybill"] == "ZTO777"
+    assert out[1].evidence["waybill_verified"] is True
+
+
+def test_a_waybill_number_given_with_a_print_job_checks_the_label() -> None:
+    job = {**WAYBILL_JOB, "waybill": "YT555"}
+    bench = Bench()
+    bench.open(make_order(waybills=[], print_jobs=[job]))
+    bench.pack_all()
+    [submit] = [a for a in bench.weigh(830.0) if isinstance(a, SubmitPrint)]
+    assert submit.jobs[0]["waybill"] == "YT555"
+    bench.send(PrintResult, submit.jobs[0]["job_id"], "printed")
+    assert bench.snap["state"] == "verify_label" and bench.snap["last_rejection"] is None
+    assert bench.scan("YT556") == [Signal("bad")]
+    assert bench.snap["last_rejection"]["code"] == "wrong_label"
+    assert bench.scan("YT555")[0] == Signal("good")
+    assert bench.results()[-1]["waybill_verified"] is True
+
+
+def test_accept_records_an_unchecked_label_as_unverified() -> None:
+    bench = Bench(PackConfig(unverified_label="accept"))
+    bench.open(make_order(waybills=[], print_jobs=[WAYBILL_JOB]))
+    bench.pack_all()
+    [submit] = [a for a in bench.weigh(830.0) if isinstance(a, SubmitPrint)]
+    assert bench.send(PrintResult, submit.jobs[0]["job_id"], "printed") == []
+    assert bench.snap["state"] == "verify_label" and bench.snap["last_rejection"] is None
     out = bench.scan("ZTO777")
     assert isinstance(out[1], ReportResult)
     assert out[1].evidence["waybill"] == "ZTO777"
@@ -654,3 +694,64 @@ def test_a_net_weight_is_refused_until_the_scale_shows_the_gross_weight() -> Non
     assert "a tare is set" in bench.snap["last_rejection"]["reason"]
     bench.weigh(830.0)  # gross
     assert bench.snap["state"] == "labelling"
+
+
+def test_priority_and_presale_orders_are_shown_and_recorded() -> None:
+    bench = Bench()
+    bench.open(make_order(priority=True, presale=True))
+    assert bench.snap["flags"] == ["priority", "presale"]
+    assert "opened (priority, presale)" in bench.snap["message"]
+    bench.scan("CTL-CANCEL")
+    [record] = bench.results()
+    assert record["orders"][0]["priority"] is True and record["orders"][0]["presale"] is True
+    assert bench.snap["flags"] == []
+
+
+def test_a_new_version_of_an_open_order_abandons_the_parcel_and_asks_for_a_rescan() -> None:
+    bench = Bench()
+    bench.open(make_order(merge_id="M-1"))
+    bench.scan("MUG-RED")
+    assert bench.send(OrderUpdated, make_order(merge_id="M-1")) == [], "the same order again"
+    assert bench.send(OrderUpdated, make_order("SO-77")) == [], "another buyer's order"
+    assert bench.snap["state"] == "packing"
+    changed = make_order(merge_id="M-1", note="add a gift wrap")
+    out = bench.send(OrderUpdated, changed)
+    assert out[0] == Signal("bad") and isinstance(out[1], ReportResult)
+    assert out[1].evidence["verdict"] == "abandoned"
+    assert out[1].evidence["reason"] == ("order SO-1001 was changed by the central system "
+                                         "while packing")
+    assert out[1].evidence["orders"][0]["packed_units"] == 1
+    assert bench.snap["state"] == "idle"
+    assert bench.snap["last_rejection"]["code"] == "order_changed"
+    assert "scan the order again" in bench.snap["message"]
+    bench.open(changed)
+    joined = make_order("SO-1002", merge_id="M-1")
+    assert bench.send(OrderUpdated, joined)[0] == Signal("bad")
+    assert bench.results()[-1]["reason"].startswith("order SO-1002 joined this merged parcel")
+
+
+def test_a_parcel_left_open_is_abandoned_and_an_idle_packer_logged_out() -> None:
+    bench = Bench(PackConfig(abandon_after_s=600, logout_after_s=900))
+    bench.open()
+    bench.scan("MUG-RED")
+    assert bench.tick(590) == []
+    bench.scan("MUG-RED")  # a scan starts the count again
+    assert bench.tick(590) == [] and bench.snap["state"] == "packing"
+    out = bench.tick(20)
+    assert out[0] == Signal("bad") and isinstance(out[1], ReportResult)
+    assert out[1].evidence["verdict"] == "abandoned"
+    assert out[1].evidence["reason"] == "nothing happened for 10 min while packing"
+    assert bench.snap["state"] == "idle" and bench.snap["packer"] == "EMP-042"
+    assert bench.tick(880) == [] and bench.snap["state"] == "idle"
+    bench.tick(30)
+    assert bench.snap["state"] == "logged_out" and bench.snap["packer"] is None
+    assert "EMP-042 logged out after 15 min" in bench.snap["message"]
+
+
+def test_an_intercepted_parcel_waits_for_set_aside_however_long() -> None:
+    bench = Bench(PackConfig(abandon_after_s=60))
+    bench.open()
+    bench.send(OrderIntercepted, "SO-1001", "cancelled", "buyer cancelled")
+    assert bench.tick(3600) == [] and bench.snap["state"] == "intercepted"
+    assert bench.scan("CTL-ASIDE") == [ReportResult(bench.results()[-1])]
+    assert bench.snap["state"] == "idle"

@@ -93,6 +93,9 @@ class OrderBook:
         self.listeners: list[Callable[[str, str, str | None], None]] = []
         """Called with (order_id, state, reason) after a hold, cancel or release is stored
         (the packing job stops a parcel being packed)."""
+        self.pushed: list[Callable[[Order], None]] = []
+        """Called with every order stored by a push (the packing job stops a parcel packed
+        against an older version of it)."""
 
     @staticmethod
     def now() -> float:
@@ -135,6 +138,9 @@ class OrderBook:
                 log.warning("order %s arrived %s (%s): the intercept stays", record.order_id,
                             record.state.value, record.reason)
             results.append(result)
+            if ok and record.order is not None:
+                for listener in self.pushed:
+                    listener(record.order)
         kept = sum(1 for r in results if r["ok"] and r["state"] != OrderState.OPEN)
         refused = sum(1 for r in results if not r["ok"])
         log.info("%d orders stored (%d keep a hold or cancel), %d refused as already packed",

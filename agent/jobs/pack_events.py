@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.devices.readings import Scan, WeightReading
 from agent.jobs.orders import Order
 
-PHOTO_TRIGGERS = ("opened", "packed", "weighed")
+PHOTO_TRIGGERS = ("opened", "packed", "weighed", "labelled")
 """When a configured photo moment is taken (returns have ``returns_photo_moment``)."""
 
 
@@ -73,7 +73,8 @@ class PackConfig(BaseModel):
     photo_moments: dict[str, str] = Field(
         default_factory=lambda: {"open": "packed", "closed": "weighed"})
     """Photo moment -> when it is taken: ``opened`` (the parcel opens), ``packed`` (every
-    item in) or ``weighed`` (weight accepted). Moments are 1-64 letters, digits, _ or -."""
+    item in), ``weighed`` (weight accepted) or ``labelled`` (the label scanned back is
+    accepted: the closed box with its label). Moments are 1-64 letters, digits, _ or -."""
 
     @field_validator("photo_moments")
     @classmethod
@@ -94,8 +95,21 @@ class PackConfig(BaseModel):
     """In ``weighing`` this long without a weight: say "put the parcel on the scale"."""
     labels_prompt_s: Annotated[float, Field(gt=0)] = 30.0
     """In ``labelling`` this long without a printed waybill: say so, offer reprint."""
+    abandon_after_s: Annotated[float, Field(gt=0)] | None = 1800.0
+    """A parcel or return with no scan and no change for this long is abandoned
+    (reported, with the reason) so the bench is clean for whoever comes next; an
+    intercepted parcel waits for set-aside however long it takes. ``None``: never."""
+    logout_after_s: Annotated[float, Field(gt=0)] | None = 3600.0
+    """The packer is logged out after this long between parcels without a scan, so the
+    next packer's parcels are not recorded under their name. ``None``: never."""
     max_weights: Annotated[int, Field(ge=1)] = 50
     """Settled readings kept in one evidence record."""
+    unverified_label: Literal["refuse", "accept"] = "refuse"
+    """When nothing told the bench the parcel's waybill number (the order's ``waybills``,
+    a print job's ``waybill``, ``pack.labels``), the label scanned back cannot be checked.
+    ``refuse``: the parcel cannot complete (the packer cancels it, or the central system
+    sends the number with ``pack.labels``); ``accept``: the scanned label is recorded
+    with ``waybill_verified: false``."""
 
 
 # --- events -------------------------------------------------------------------------------
@@ -172,6 +186,14 @@ class OrderIntercepted(_JsonSafe):
 
 
 @dataclass(frozen=True, slots=True)
+class OrderUpdated(_JsonSafe):
+    """The central system pushed this order again (or a new order of a merged parcel)."""
+
+    order: Order
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PhotoTaken(_JsonSafe):
     moment: str
     path: str
@@ -219,7 +241,7 @@ class LabelsReady(_JsonSafe):
 
 
 Event = (Scan | WeightReading | Tick | OrderFound | OrderNotFound | OrderIntercepted
-         | PhotoTaken | PhotoFailed | PrintResult | LabelsReady)
+         | OrderUpdated | PhotoTaken | PhotoFailed | PrintResult | LabelsReady)
 
 
 # --- actions ------------------------------------------------------------------------------

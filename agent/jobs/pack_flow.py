@@ -21,6 +21,7 @@ from agent.jobs.pack_events import (
     OrderFound,
     OrderIntercepted,
     OrderNotFound,
+    OrderUpdated,
     PackConfig,
     PhotoFailed,
     PhotoTaken,
@@ -66,7 +67,8 @@ class PackFlow(Steps):
     def _handlers(self) -> dict[type, Callable[[Any], list[Action]]]:
         return {Scan: self._on_scan, WeightReading: self._on_weight, Tick: self._on_tick,
                 OrderFound: self._on_found, OrderNotFound: self._on_not_found,
-                OrderIntercepted: self._on_intercepted, PhotoTaken: self._on_photo,
+                OrderIntercepted: self._on_intercepted, OrderUpdated: self._on_updated,
+                PhotoTaken: self._on_photo,
                 PhotoFailed: self._on_photo, PrintResult: self._on_print,
                 LabelsReady: self._on_labels}
 
@@ -74,6 +76,7 @@ class PackFlow(Steps):
 
     def _on_scan(self, scan: Scan) -> list[Action]:
         self.news = None
+        self.active_at = scan.at
         data = scan.data.strip()
         if self.state == PackState.LOGGED_OUT:
             if self._is_badge(data):
@@ -253,7 +256,9 @@ class PackFlow(Steps):
                 or data in s.packaging()):
             return self._reject(scan, "not_waybill", f"{data} is not a waybill label")
         if not s.waybills:
-            # Nothing told the bench the waybill number: record what was scanned, unverified.
+            if self.config.unverified_label == "refuse":
+                return self._reject(scan, "waybill_unknown", self._no_waybill_words())
+            # The bench may not check it: record what was scanned, unverified.
             s.waybill, s.waybill_verified = data, False
             s.record_scan(scan, "waybill", waybill=data)
             return self._complete(scan.at)
@@ -307,6 +312,22 @@ class PackFlow(Steps):
 
     def _on_tick(self, event: Tick) -> list[Action]:
         waited = event.at - self.state_since
+        quiet = event.at - max(self.active_at, self.state_since)
+        c = self.config
+        if (c.abandon_after_s is not None and quiet >= c.abandon_after_s
+                and (self.session is not None or self.returns is not None)
+                and self.state != PackState.INTERCEPTED):
+            # Left open (the packer walked away): a clean bench for whoever comes next.
+            return [Signal("bad"), *self._abandon(
+                event.at, f"nothing happened for {c.abandon_after_s / 60:g} min while "
+                f"{self.state.value}")]
+        if (c.logout_after_s is not None and quiet >= c.logout_after_s
+                and self.state in (PackState.IDLE, PackState.RETURNS)):
+            self.news = (f"{self.packer} logged out after {c.logout_after_s / 60:g} min "
+                         f"without a scan")
+            self.packer, self.mode = None, "pack"
+            self._go(PackState.LOGGED_OUT, event.at)
+            return []
         if (self.state == PackState.LOOKING_UP and self.lookup_at is not None
                 and event.at - self.lookup_at >= self.config.lookup_timeout_s):
             return self._lookup_failed(
@@ -328,6 +349,27 @@ class PackFlow(Steps):
                 and event.state in ("held", "cancelled")):
             return self._intercept(event.order_id, event.state, event.reason, event.at)
         return []
+
+    def _on_updated(self, event: OrderUpdated) -> list[Action]:
+        """A new version of an order being packed, or a new order of its merged parcel:
+        what was checked no longer holds. The parcel is abandoned (reported) and the
+        packer scans the order again, which loads what the central system sent."""
+        s, new = self.session, event.order
+        if self.state not in OPEN_PARCEL or s is None:
+            return []
+        mine = next((o for o in s.orders if o.order_id == new.order_id), None)
+        if mine is not None:
+            if mine == new:
+                return []  # the same order sent again
+            why = f"order {new.order_id} was changed by the central system"
+        elif new.merge_id is not None and new.merge_id in {o.merge_id for o in s.orders}:
+            why = f"order {new.order_id} joined this merged parcel"
+        else:
+            return []
+        actions = self._abandon(event.at, f"{why} while {self.state.value}")
+        self._rejected("order_changed", f"{why}: unpack the parcel and scan the order again",
+                       event.at)
+        return [Signal("bad"), *actions]
 
     def _on_photo(self, event: PhotoTaken | PhotoFailed) -> list[Action]:
         s = self.returns.session if self.returns else self.session
@@ -358,24 +400,35 @@ class PackFlow(Steps):
         return [Signal("good"), ReportResult(evidence)]
 
     def _cancel(self, scan: Scan) -> list[Action]:
-        actions: list[Action] = []
         s = self.returns.session if self.returns else self.session
-        if s is not None:
-            s.record_scan(scan, "control")
-            if self.state == PackState.INTERCEPTED and self.intercept:
-                reason = (f"intercepted: order {self.intercept['order_id']} is "
-                          f"{self.intercept['state']}; set aside")
-            else:
-                reason = f"cancelled by the packer while {self.state.value}"
-            if self.returns:
-                evidence = self.returns.evidence("abandoned", scan.at, reason=reason)
-            else:
-                evidence = self._evidence("abandoned", scan.at, reason)
-            actions.append(ReportResult(evidence))
-            self.news = f"{', '.join(s.order_ids)} abandoned: {reason}"
-        elif self.state == PackState.LOOKING_UP:
-            self.news = f"lookup of {self.pending_code} cancelled"
-        self._clear()
+        if s is None:
+            if self.state == PackState.LOOKING_UP:
+                self.news = f"lookup of {self.pending_code} cancelled"
+            self._clear()
+            self.mode = "pack"
+            self._go(PackState.IDLE, scan.at)
+            return []
+        s.record_scan(scan, "control")
+        if self.state == PackState.INTERCEPTED and self.intercept:
+            reason = (f"intercepted: order {self.intercept['order_id']} is "
+                      f"{self.intercept['state']}; set aside")
+        else:
+            reason = f"cancelled by the packer while {self.state.value}"
+        actions = self._abandon(scan.at, reason)
         self.mode = "pack"
         self._go(PackState.IDLE, scan.at)
         return actions
+
+    def _abandon(self, at: float, reason: str) -> list[Action]:
+        """End the open parcel or return unfinished: reported as ``abandoned`` with
+        ``reason``; the bench goes back to ``idle`` (``returns`` in returns mode)."""
+        s = self.returns.session if self.returns else self.session
+        assert s is not None
+        if self.returns:
+            evidence = self.returns.evidence("abandoned", at, reason=reason)
+        else:
+            evidence = self._evidence("abandoned", at, reason)
+        self.news = f"{', '.join(s.order_ids)} abandoned: {reason}"
+        self._clear()
+        self._go(PackState.RETURNS if self.mode == "returns" else PackState.IDLE, at)
+        return [ReportResult(evidence)]

@@ -48,6 +48,7 @@ from agent.jobs.pack_events import (
     OrderFound,
     OrderIntercepted,
     OrderNotFound,
+    OrderUpdated,
     ParcelInfo,
     PhotoFailed,
     PhotoTaken,
@@ -64,7 +65,7 @@ from agent.jobs.pack_events import (
 from agent.jobs.pack_flow import PackFlow
 from agent.jobs.print_service import PrintService
 from agent.mqtt import MqttLink
-from agent.outbox import Outbox, Priority, dumps
+from agent.outbox import Outbox, Priority, dumps, iso_time
 from agent.store import Store
 from agent.tasks import spawn, task_name
 from agent.topics import Topics
@@ -114,6 +115,8 @@ class PackService:
         self._outbox, self._link, self._topics = outbox, link, topics
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._parcel_id: str | None = None
+        self._photo_tasks: dict[str, list[asyncio.Task[PhotoTaken | PhotoFailed]]] = {}
+        """Photos of a parcel still being taken, by evidence id: its report waits for them."""
         self._state_dirty = asyncio.Event()
         self._state_urgent = asyncio.Event()
         """Set when something besides the live weight changed: published without waiting."""
@@ -123,6 +126,8 @@ class PackService:
         """Something the packer must act on that the flow does not know (an intercept
         after the label, results that cannot be stored); cleared by the next scan."""
         orders.listeners.append(self._order_changed)
+        orders.pushed.append(lambda order: self._events.put_nowait(
+            OrderUpdated(order, time.time())))
         printing.listeners.append(self._job_changed)
         commands.register("pack.labels", self._cmd_labels, args_schema=LABELS_SCHEMA,
                           action=True)
@@ -208,7 +213,8 @@ class PackService:
             # The parcel's evidence id is fixed now, in event order: a photo task that runs
             # late still files its picture under its own parcel.
             self._parcel_id = self._parcel_id or new_evidence_id()
-            spawn(self._photo(action.moment, self._parcel_id), name="pack.photo")
+            self._photo_tasks.setdefault(self._parcel_id, []).append(
+                spawn(self._photo(action.moment, self._parcel_id), name="pack.photo"))
         elif isinstance(action, SubmitPrint):
             spawn(self._submit_all(action.jobs), name="pack.print")  # rendering takes time
         elif isinstance(action, Reprint):
@@ -232,21 +238,47 @@ class PackService:
         except AgentError as exc:
             self._events.put_nowait(OrderNotFound(code, exc.code, exc.message, time.time()))
 
-    async def _photo(self, moment: str, parcel_id: str) -> None:
+    async def _photo(self, moment: str, parcel_id: str) -> PhotoTaken | PhotoFailed:
         cameras = [d for d in self._devices.by_role(self.config.camera_role, "camera")
                    if isinstance(d, Camera)]
+        outcome: PhotoTaken | PhotoFailed
         if not cameras:
-            self._events.put_nowait(PhotoFailed(moment, f"no camera has role "
-                                                f"{self.config.camera_role!r}", time.time()))
-            return
-        try:
-            jpeg = await cameras[0].snapshot_jpeg()
-            path = await self.evidence.write_photo(
-                self.evidence.photo_path(parcel_id, moment), jpeg)
-            relative = str(path.relative_to(self.evidence.photo_dir))
-            self._events.put_nowait(PhotoTaken(moment, relative, time.time()))
-        except (AgentError, OSError) as exc:
-            self._events.put_nowait(PhotoFailed(moment, str(exc), time.time()))
+            outcome = PhotoFailed(moment, f"no camera has role {self.config.camera_role!r}",
+                                  time.time())
+        else:
+            try:
+                jpeg = await cameras[0].snapshot_jpeg()
+                path = await self.evidence.write_photo(
+                    self.evidence.photo_path(parcel_id, moment), jpeg)
+                relative = str(path.relative_to(self.evidence.photo_dir))
+                outcome = PhotoTaken(moment, relative, time.time())
+            except (AgentError, OSError) as exc:
+                outcome = PhotoFailed(moment, str(exc), time.time())
+        self._events.put_nowait(outcome)
+        return outcome
+
+    async def _with_photos(self, evidence: dict[str, Any], evidence_id: str
+                           ) -> dict[str, Any]:
+        """The record with the photos still being taken when the parcel finished (the
+        closed box photographed as its label is scanned): waited for, at most
+        ``photo_wait_s``, so the record names every file that exists."""
+        tasks = self._photo_tasks.pop(evidence_id, [])
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.config.photo_wait_s)
+        outcomes = {o.moment: o for t in tasks if t.done() and not t.cancelled()
+                    and (o := t.result()) is not None}
+        photos = []
+        for photo in evidence.get("photos", []):
+            outcome = outcomes.get(photo["moment"])
+            if photo.get("path") is None and isinstance(outcome, PhotoTaken):
+                photo = {"moment": outcome.moment, "path": outcome.path,
+                         "at": iso_time(outcome.at)}
+            elif photo.get("path") is None and isinstance(outcome, PhotoFailed):
+                photo = {"moment": outcome.moment, "path": None, "at": iso_time(outcome.at),
+                         "error": outcome.reason}
+            photos.append(photo)
+        return {**evidence, "photos": photos}
 
     async def _submit_all(self, jobs: tuple[dict[str, Any], ...]) -> None:
         for job in jobs:  # in order: the waybill before its slip
@@ -259,7 +291,7 @@ class PackService:
 
     async def _report_in_order(self, evidence: dict[str, Any], evidence_id: str) -> None:
         async with self._reporting:  # asyncio.Lock is first come, first served
-            await self._report(evidence, evidence_id)
+            await self._report(await self._with_photos(evidence, evidence_id), evidence_id)
 
     async def _report(self, evidence: dict[str, Any], evidence_id: str) -> None:
         """Store the parcel's evidence, its ``pack.result`` event and (for a passing parcel)
@@ -334,7 +366,8 @@ class PackService:
         group = view.get("group") or {}
         self._events.put_nowait(PrintResult(view["job_id"], view["state"], time.time(),
                                             printer=view["printer"], code=view["code"],
-                                            message=view["message"], group=group.get("id")))
+                                            message=view["message"], group=group.get("id"),
+                                            waybill=view.get("waybill")))
 
     # ------------------------------------------------------------ state topic
     async def _publish_state(self) -> None:

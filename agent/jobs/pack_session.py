@@ -124,6 +124,13 @@ class ParcelSession:
         return " / ".join(o.note for o in self.orders if o.note)
 
     @property
+    def flags(self) -> list[str]:
+        """``priority`` (pack it first) and ``presale`` (sold before the stock arrived)
+        when any of the orders says so: shown to the packer, kept in the evidence."""
+        return [flag for flag in ("priority", "presale")
+                if any(getattr(o, flag) for o in self.orders)]
+
+    @property
     def codes(self) -> set[str]:
         return set().union(*(o.codes() for o in self.orders))
 
@@ -237,6 +244,8 @@ class ParcelSession:
                 purpose = "document"
             self.print_jobs[job_id] = {"job_id": job_id, "purpose": purpose,
                                        "state": "submitted"}
+            if job.get("waybill"):
+                self.waybills.add(str(job["waybill"]))
             if purpose == "waybill":
                 self.waybill_jobs.append(job_id)
 
@@ -260,6 +269,7 @@ class ParcelSession:
             lines = [p for p in self.lines if p.order_id == order.order_id]
             orders.append({
                 "order_id": order.order_id, "merge_id": order.merge_id,
+                "priority": order.priority, "presale": order.presale,
                 "lines": [{"sku": p.line.sku, "name": p.line.name,
                            "expected": p.line.quantity, "packed": p.packed,
                            "unit_weight_g": p.line.unit_weight_g, "gift": p.line.gift,

@@ -65,6 +65,8 @@ class Steps:
         self.last_rejection: dict[str, Any] | None = None
         self.last_parcel: dict[str, Any] | None = None
         self.last_weight_g: float | None = None
+        self.active_at = 0.0
+        """The packer's last scan: the inactivity timeouts count from it."""
         self._last_settled: WeightReading | None = None
         self._clear()
 
@@ -191,7 +193,8 @@ class Steps:
                 return [Signal("bad")]
         self.session = session
         self._go(PackState.PACKING, event.at)
-        self.news = f"order {', '.join(session.order_ids)} opened"
+        flags = f" ({', '.join(session.flags)})" if session.flags else ""
+        self.news = f"order {', '.join(session.order_ids)} opened{flags}"
         self.last_rejection = None
         return [*self._photos("opened"), *self._check_packed(event.at)]
 
@@ -333,13 +336,14 @@ class Steps:
 
     def _complete(self, at: float) -> list[Action]:
         s = self._session()
+        photos = self._photos("labelled")  # pending in the record; the daemon fills it in
         evidence = self._evidence(self.verdict or "pass", at)
         self.last_parcel = {"order_ids": list(s.order_ids), "verdict": evidence["verdict"],
                             "waybill": s.waybill, "at": iso_time(at)}
         self._clear()
         self._go(PackState.IDLE, at)
         self.news = f"{', '.join(evidence['order_ids'])} complete ({evidence['waybill']})"
-        return [Signal("good"), ReportResult(evidence)]
+        return [Signal("good"), *photos, ReportResult(evidence)]
 
     # --- printing -----------------------------------------------------------------------
 
@@ -373,15 +377,28 @@ class Steps:
             self.news = None  # the printer goes on: its hold is over
         if self.state == PackState.LABELLING and s.labels_done():
             self._go(PackState.VERIFY_LABEL, event.at)
+            if not s.waybills and self.config.unverified_label == "refuse":
+                self._rejected("waybill_unknown", self._no_waybill_words(), event.at)
+                return [Signal("bad")]
         return []
+
+    def _no_waybill_words(self) -> str:
+        return (f"the central system did not send the waybill number of "
+                f"{', '.join(self._session().order_ids)}: the label cannot be checked; "
+                f"scan cancel and set the parcel aside")
 
     def _on_labels(self, event: LabelsReady) -> list[Action]:
         s = self.session
-        if (s is None or self.state != PackState.LABELLING
+        if (s is None or self.state not in (PackState.LABELLING, PackState.VERIFY_LABEL)
                 or not set(event.order_ids) & set(s.order_ids)):
             return []
         if event.waybill:
             s.waybills.add(event.waybill)
+            if self.last_rejection and self.last_rejection["code"] == "waybill_unknown":
+                self.last_rejection = None
+                self.news = f"waybill number {event.waybill} received: scan the label"
+        if self.state == PackState.VERIFY_LABEL:
+            return []  # the labels are printed: only the number was missing
         if not event.jobs:
             s.external_labels = True
             return []

@@ -67,6 +67,7 @@ def bench_view(flow: Steps) -> dict[str, Any]:
         "message": message,
         "order_ids": list(s.order_ids) if s else [],
         "note": s.note if s else "",
+        "flags": s.flags if s else [],
         "lines": [p.view() for p in s.lines] if s and not flow.returns else [],
         "box": None,
         "expected_weight_g": None,
