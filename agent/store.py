@@ -28,11 +28,12 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: ("ALTER TABLE print_jobs ADD COLUMN waybill TEXT",),
+_MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
+    2: (("print_jobs", "waybill", "TEXT"),),
 }
-"""What brings a database of the version before up to each version (``_SCHEMA`` creates
-the newest tables; these change tables an older agent created)."""
+"""Columns (table, column, type) each version added to tables an older agent may have
+created. ``_SCHEMA`` has already created missing tables whole, so a column is added only
+where its table lacks it."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -218,8 +219,10 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS[target]:
-                db.execute(statement)
+            for table, column, kind in _MIGRATIONS[target]:
+                columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:

@@ -178,3 +178,17 @@ def test_a_database_of_an_older_agent_is_upgraded_and_keeps_its_events(
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     with pytest.raises(StorageError, match="newer than this agent understands"):
         _run(tmp_path, body)
+
+
+def test_a_schema_1_database_from_before_print_jobs_is_upgraded_too(tmp_path: Path) -> None:
+    """The first agents' databases had no print_jobs table at all: it is created whole."""
+    with sqlite3.connect(tmp_path / "agent.db") as db:
+        db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+                         "PRAGMA user_version=1;")
+
+    async def body(outbox: Outbox) -> Any:
+        return await outbox.enqueue("a", {})
+    assert _run(tmp_path, body) is not None
+    with sqlite3.connect(tmp_path / "agent.db") as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(print_jobs)")}
+        assert "waybill" in columns

@@ -112,10 +112,11 @@ class Bench:
         self.found(*(orders or (make_order(),)))
 
     def pack_all(self) -> None:
-        self.scan("9506000134352")
-        self.scan("MUG-RED")
-        self.scan("GIFT-CARD")
-        self.scan("BOX-S")
+        self.pack_all_actions()
+
+    def pack_all_actions(self) -> list[Action]:
+        return [a for code in ("9506000134352", "MUG-RED", "GIFT-CARD", "BOX-S")
+                for a in self.scan(code)]
 
 
 def lines(snap: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -714,7 +715,13 @@ def test_a_new_version_of_an_open_order_abandons_the_parcel_and_asks_for_a_resca
     assert bench.send(OrderUpdated, make_order(merge_id="M-1")) == [], "the same order again"
     assert bench.send(OrderUpdated, make_order("SO-77")) == [], "another buyer's order"
     assert bench.snap["state"] == "packing"
-    changed = make_order(merge_id="M-1", note="add a gift wrap")
+    # A waybill number and a new note change nothing checked: the parcel goes on.
+    told = make_order(merge_id="M-1", note="gift wrap", waybills=["SF1234567890", "SF2"])
+    assert bench.send(OrderUpdated, told) == []
+    assert bench.snap["state"] == "packing" and bench.snap["note"] == "gift wrap"
+    assert "SF2" in bench.flow._session().waybills
+    changed = make_order(merge_id="M-1", lines=[
+        {"sku": "MUG-RED", "barcodes": ["MUG-RED"], "quantity": 3, "unit_weight_g": 350}])
     out = bench.send(OrderUpdated, changed)
     assert out[0] == Signal("bad") and isinstance(out[1], ReportResult)
     assert out[1].evidence["verdict"] == "abandoned"
@@ -755,3 +762,32 @@ def test_an_intercepted_parcel_waits_for_set_aside_however_long() -> None:
     assert bench.tick(3600) == [] and bench.snap["state"] == "intercepted"
     assert bench.scan("CTL-ASIDE") == [ReportResult(bench.results()[-1])]
     assert bench.snap["state"] == "idle"
+
+
+def test_another_parcels_label_with_its_waybill_does_not_pass_for_this_one() -> None:
+    bench = Bench()
+    bench.open(make_order(waybills=[], print_jobs=[]))
+    bench.pack_all()
+    bench.weigh(830.0)
+    # Customer service reprints another parcel's waybill meanwhile.
+    assert bench.send(PrintResult, "SO-0999-waybill", "printed", waybill="SF999") == []
+    assert bench.snap["state"] == "labelling"
+    bench.send(PrintResult, "SO-1001-waybill", "printed", waybill="SF1001")
+    assert bench.snap["state"] == "verify_label" and bench.snap["last_rejection"] is None
+    assert bench.scan("SF999") == [Signal("bad")]
+    assert bench.snap["last_rejection"]["code"] == "wrong_label"
+    assert bench.scan("SF1001")[0] == Signal("good")
+
+
+def test_a_late_photo_of_an_abandoned_parcel_is_not_filed_under_the_next() -> None:
+    bench = Bench()
+    bench.open()
+    old = next(a for a in bench.pack_all_actions() if isinstance(a, TakePhoto))
+    bench.scan("CTL-CANCEL")
+    bench.open()
+    new = next(a for a in bench.pack_all_actions() if isinstance(a, TakePhoto))
+    assert old.parcel != new.parcel
+    bench.send(PhotoTaken, old.moment, "old.jpg", parcel=old.parcel)
+    assert bench.flow._session().photos[new.moment] == {"state": "pending"}
+    bench.send(PhotoTaken, new.moment, "new.jpg", parcel=new.parcel)
+    assert bench.flow._session().photos[new.moment]["path"] == "new.jpg"

@@ -126,3 +126,38 @@ def test_a_full_outbox_keeps_the_result_until_there_is_room(tmp_path: Path) -> N
         await store.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_orders_count_as_packed_while_the_report_waits_for_a_photo_even_one_that_crashes(
+        tmp_path: Path) -> None:
+    """The closed-box photo is still being taken when the label is scanned: the report
+    waits for it; meanwhile a second scan of the order is refused as packed; a photo
+    task that dies of a bug costs the parcel nothing but that photo."""
+    from agent.jobs.pack_events import OrderFound, ReportResult, TakePhoto
+
+    async def main() -> None:
+        store, _outbox, book, pack = await service(tmp_path)
+
+        async def crashing_photo(*_args: Any) -> Any:
+            await asyncio.sleep(0.5)
+            raise RuntimeError("encoder bug")
+
+        pack.photos._photo = crashing_photo  # type: ignore[method-assign]
+        await pack._carry_out(TakePhoto("closed", 1))
+        record = {**evidence(), "photos": [{"moment": "closed", "path": None, "at": None,
+                                            "error": "no answer from the camera"}]}
+        await pack._carry_out(ReportResult(record))
+        await pack._lookup("SO-1001")
+        [found] = [e for e in [pack._events.get_nowait() for _ in range(pack._events.qsize())]
+                   if isinstance(e, OrderFound)]
+        assert found.parcel.states["SO-1001"][0] == "packed"
+        assert events(tmp_path, "pack.result") == [], "still waiting for the photo"
+        await asyncio.wait_for(asyncio.gather(*pack._reports), 5)
+        [result] = events(tmp_path, "pack.result")
+        assert result["verdict"] == "pass" and result["photos"][0]["path"] is None
+        parcel = await book.get("SO-1001")
+        assert parcel is not None and parcel.records[0].state.value == "packed"
+        assert pack._reporting_orders == set()
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

@@ -198,6 +198,8 @@ class PhotoTaken(_JsonSafe):
     moment: str
     path: str
     at: float
+    parcel: int | None = None
+    """The ``TakePhoto.parcel`` it answers; a photo of another parcel is ignored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,7 @@ class PhotoFailed(_JsonSafe):
     moment: str
     reason: str
     at: float
+    parcel: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,9 +273,12 @@ class ReportIntercept(_JsonSafe):
 
 @dataclass(frozen=True, slots=True)
 class TakePhoto(_JsonSafe):
-    """Take a photo for ``moment``; answer with PhotoTaken or PhotoFailed."""
+    """Take a photo for ``moment``; answer with PhotoTaken or PhotoFailed carrying
+    ``parcel`` (which parcel of this run of the flow asked: a late answer for a parcel
+    that ended is not filed under the next one)."""
 
     moment: str
+    parcel: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.devices.readings import Scan, WeightReading
+from agent.jobs.orders import Order
 from agent.jobs.pack_events import (
     Action,
     Event,
@@ -359,8 +360,13 @@ class PackFlow(Steps):
             return []
         mine = next((o for o in s.orders if o.order_id == new.order_id), None)
         if mine is not None:
-            if mine == new:
-                return []  # the same order sent again
+            if _checked(mine) == _checked(new):
+                # Nothing checked so far changed (a waybill number, the note, print jobs):
+                # the parcel goes on with the new version.
+                s.orders = tuple(new if o.order_id == new.order_id else o for o in s.orders)
+                for waybill in new.waybills:
+                    self._learn_waybill(waybill)
+                return []
             why = f"order {new.order_id} was changed by the central system"
         elif new.merge_id is not None and new.merge_id in {o.merge_id for o in s.orders}:
             why = f"order {new.order_id} joined this merged parcel"
@@ -373,7 +379,7 @@ class PackFlow(Steps):
 
     def _on_photo(self, event: PhotoTaken | PhotoFailed) -> list[Action]:
         s = self.returns.session if self.returns else self.session
-        if s is None or event.moment not in s.photos:
+        if s is None or event.moment not in s.photos or event.parcel not in (None, s.number):
             return []
         if isinstance(event, PhotoTaken):
             s.photos[event.moment] = {"path": event.path, "at": iso_time(event.at)}
@@ -432,3 +438,8 @@ class PackFlow(Steps):
         self._clear()
         self._go(PackState.RETURNS if self.mode == "returns" else PackState.IDLE, at)
         return [ReportResult(evidence)]
+
+
+def _checked(order: Order) -> tuple[Any, ...]:
+    """What the packer's scans and the weight were checked against."""
+    return order.lines, order.packaging, order.tolerance, order.merge_id

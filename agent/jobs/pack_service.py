@@ -32,7 +32,6 @@ from typing import Any
 from agent.bus import Bus
 from agent.commands import CommandChannel
 from agent.config import PackJobConfig
-from agent.devices.camera import Camera
 from agent.devices.manager import DeviceManager
 from agent.devices.readings import Scan, WeightReading
 from agent.devices.signal import SignalDevice
@@ -50,8 +49,6 @@ from agent.jobs.pack_events import (
     OrderNotFound,
     OrderUpdated,
     ParcelInfo,
-    PhotoFailed,
-    PhotoTaken,
     PrintResult,
     ReportIntercept,
     ReportResult,
@@ -63,9 +60,10 @@ from agent.jobs.pack_events import (
     Tick,
 )
 from agent.jobs.pack_flow import PackFlow
+from agent.jobs.pack_photos import ParcelPhotos
 from agent.jobs.print_service import PrintService
 from agent.mqtt import MqttLink
-from agent.outbox import Outbox, Priority, dumps, iso_time
+from agent.outbox import Outbox, Priority, dumps
 from agent.store import Store
 from agent.tasks import spawn, task_name
 from agent.topics import Topics
@@ -115,7 +113,10 @@ class PackService:
         self._outbox, self._link, self._topics = outbox, link, topics
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._parcel_id: str | None = None
-        self._photo_tasks: dict[str, list[asyncio.Task[PhotoTaken | PhotoFailed]]] = {}
+        self.photos = ParcelPhotos(devices, config, self.evidence, self._events.put_nowait)
+        self._reports: set[asyncio.Task[None]] = set()
+        self._reporting_orders: set[str] = set()
+        """Orders of passing parcels whose report is not stored yet."""
         """Photos of a parcel still being taken, by evidence id: its report waits for them."""
         self._state_dirty = asyncio.Event()
         self._state_urgent = asyncio.Event()
@@ -143,6 +144,14 @@ class PackService:
                         self.config.scanner_role)
         scale = self.config.scale or next(
             (d.name for d in self._devices.devices.values() if d.kind == "scale"), None)
+        try:
+            await self._serve(scanners, scale)
+        finally:
+            # Stopping: the parcels already finished are stored before the store closes.
+            if self._reports:
+                await asyncio.wait(self._reports, timeout=self.config.photo_wait_s + 5)
+
+    async def _serve(self, scanners: set[str], scale: str | None) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._feed_scans(scanners), name=task_name("pack.scans"))
             group.create_task(self._feed_weights(scale), name=task_name("pack.weights"))
@@ -213,8 +222,7 @@ class PackService:
             # The parcel's evidence id is fixed now, in event order: a photo task that runs
             # late still files its picture under its own parcel.
             self._parcel_id = self._parcel_id or new_evidence_id()
-            self._photo_tasks.setdefault(self._parcel_id, []).append(
-                spawn(self._photo(action.moment, self._parcel_id), name="pack.photo"))
+            self.photos.take(action.moment, self._parcel_id, action.parcel)
         elif isinstance(action, SubmitPrint):
             spawn(self._submit_all(action.jobs), name="pack.print")  # rendering takes time
         elif isinstance(action, Reprint):
@@ -228,57 +236,24 @@ class PackService:
                                        priority=Priority.CRITICAL)
         elif isinstance(action, ReportResult):
             evidence_id, self._parcel_id = self._parcel_id or new_evidence_id(), None
+            # Until stored, its orders count as packed: a second scan of the order must not
+            # open it again while the report waits for a photo or for room in the outbox.
+            orders = set(action.evidence.get("order_ids", ())) if _passing(action.evidence) \
+                else set()
+            self._reporting_orders |= orders
             # In a task, so scans go on while a full outbox makes it wait; in order.
-            spawn(self._report_in_order(action.evidence, evidence_id), name="pack.report")
+            task = spawn(self._report_in_order(action.evidence, evidence_id, orders),
+                         name="pack.report")
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
 
     async def _lookup(self, code: str) -> None:
         try:
             parcel = await self._orders.find(code) or await self._orders.request(code)
-            self._events.put_nowait(OrderFound(code, _parcel_info(parcel), time.time()))
+            info = _parcel_info(parcel, self._reporting_orders)
+            self._events.put_nowait(OrderFound(code, info, time.time()))
         except AgentError as exc:
             self._events.put_nowait(OrderNotFound(code, exc.code, exc.message, time.time()))
-
-    async def _photo(self, moment: str, parcel_id: str) -> PhotoTaken | PhotoFailed:
-        cameras = [d for d in self._devices.by_role(self.config.camera_role, "camera")
-                   if isinstance(d, Camera)]
-        outcome: PhotoTaken | PhotoFailed
-        if not cameras:
-            outcome = PhotoFailed(moment, f"no camera has role {self.config.camera_role!r}",
-                                  time.time())
-        else:
-            try:
-                jpeg = await cameras[0].snapshot_jpeg()
-                path = await self.evidence.write_photo(
-                    self.evidence.photo_path(parcel_id, moment), jpeg)
-                relative = str(path.relative_to(self.evidence.photo_dir))
-                outcome = PhotoTaken(moment, relative, time.time())
-            except (AgentError, OSError) as exc:
-                outcome = PhotoFailed(moment, str(exc), time.time())
-        self._events.put_nowait(outcome)
-        return outcome
-
-    async def _with_photos(self, evidence: dict[str, Any], evidence_id: str
-                           ) -> dict[str, Any]:
-        """The record with the photos still being taken when the parcel finished (the
-        closed box photographed as its label is scanned): waited for, at most
-        ``photo_wait_s``, so the record names every file that exists."""
-        tasks = self._photo_tasks.pop(evidence_id, [])
-        pending = [t for t in tasks if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=self.config.photo_wait_s)
-        outcomes = {o.moment: o for t in tasks if t.done() and not t.cancelled()
-                    and (o := t.result()) is not None}
-        photos = []
-        for photo in evidence.get("photos", []):
-            outcome = outcomes.get(photo["moment"])
-            if photo.get("path") is None and isinstance(outcome, PhotoTaken):
-                photo = {"moment": outcome.moment, "path": outcome.path,
-                         "at": iso_time(outcome.at)}
-            elif photo.get("path") is None and isinstance(outcome, PhotoFailed):
-                photo = {"moment": outcome.moment, "path": None, "at": iso_time(outcome.at),
-                         "error": outcome.reason}
-            photos.append(photo)
-        return {**evidence, "photos": photos}
 
     async def _submit_all(self, jobs: tuple[dict[str, Any], ...]) -> None:
         for job in jobs:  # in order: the waybill before its slip
@@ -289,16 +264,20 @@ class PackService:
                                                     time.time(), code=exc.code,
                                                     message=exc.message))
 
-    async def _report_in_order(self, evidence: dict[str, Any], evidence_id: str) -> None:
-        async with self._reporting:  # asyncio.Lock is first come, first served
-            await self._report(await self._with_photos(evidence, evidence_id), evidence_id)
+    async def _report_in_order(self, evidence: dict[str, Any], evidence_id: str,
+                               orders: set[str]) -> None:
+        try:
+            async with self._reporting:  # asyncio.Lock is first come, first served
+                await self._report(await self.photos.complete(evidence, evidence_id),
+                                   evidence_id)
+        finally:
+            self._reporting_orders -= orders
 
     async def _report(self, evidence: dict[str, Any], evidence_id: str) -> None:
         """Store the parcel's evidence, its ``pack.result`` event and (for a passing parcel)
         its orders packed, in one transaction. An order held or cancelled since the packer
         last looked turns the parcel into an intercept: stop, signal, report."""
-        passing = evidence.get("kind", "pack") == "pack" and str(
-            evidence.get("verdict", "")).startswith("pass")
+        passing = _passing(evidence)
         while True:
             try:
                 if passing:
@@ -411,12 +390,21 @@ def _beyond_live_weight(view: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in view.items() if k not in ("last_weight_g", "changed_at")}
 
 
-def _parcel_info(parcel: Parcel) -> ParcelInfo:
-    """The order book's parcel as the flow reads it."""
+def _passing(evidence: dict[str, Any]) -> bool:
+    """A packed parcel (not abandoned, intercepted or a return): its orders become packed."""
+    return evidence.get("kind", "pack") == "pack" and str(
+        evidence.get("verdict", "")).startswith("pass")
+
+
+def _parcel_info(parcel: Parcel, reporting: set[str]) -> ParcelInfo:
+    """The order book's parcel as the flow reads it; orders of a parcel whose report is
+    still on its way to the store count as packed already."""
     packed: dict[str, tuple[float | None, str | None]] = {
         record.order_id: (record.packed_at, record.waybill)
         for record in parcel.records if record.packed_at is not None}
-    return ParcelInfo(parcel.orders,
-                      {order_id: (state.value, reason)
-                       for order_id, (state, reason) in parcel.states.items()},
-                      packed)
+    states = {order_id: (state.value, reason)
+              for order_id, (state, reason) in parcel.states.items()}
+    for order_id in reporting & set(states):
+        if states[order_id][0] not in ("held", "cancelled"):
+            states[order_id] = ("packed", "being reported")
+    return ParcelInfo(parcel.orders, states, packed)

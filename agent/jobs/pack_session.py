@@ -101,6 +101,8 @@ class ParcelSession:
     external_labels: bool = False
     """The central system submits the labels itself; its print results are tracked."""
     last_item_at: float | None = None
+    number: int = 0
+    """Which parcel of this run of the flow (photos are matched to it)."""
 
     @classmethod
     def open(cls, orders: tuple[Order, ...], packer: str | None, code: str,

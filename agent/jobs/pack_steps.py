@@ -66,6 +66,8 @@ class Steps:
         self.last_parcel: dict[str, Any] | None = None
         self.last_weight_g: float | None = None
         self.active_at = 0.0
+        self.opened = 0
+        """Parcels and returns opened so far: numbers them for their photos."""
         """The packer's last scan: the inactivity timeouts count from it."""
         self._last_settled: WeightReading | None = None
         self._clear()
@@ -171,6 +173,8 @@ class Steps:
             return [Signal("bad")]
         session = ParcelSession.open(orders, self.packer, event.code, event.at,
                                      kind="return" if self.mode == "returns" else "pack")
+        self.opened += 1
+        session.number = self.opened
         if self.mode == "returns":
             self.returns = ReturnCheck(session)
             self._go(PackState.RETURNS_CHECKING, event.at)
@@ -219,10 +223,11 @@ class Steps:
         moments = [m for m, when in self.config.photo_moments.items() if when == trigger]
         if trigger == "returned" and self.config.returns_photo_moment:
             moments = [self.config.returns_photo_moment]
-        if s is not None:
-            for moment in moments:
-                s.photos[moment] = {"state": "pending"}
-        return [TakePhoto(m) for m in moments]
+        if s is None:
+            return []
+        for moment in moments:
+            s.photos[moment] = {"state": "pending"}
+        return [TakePhoto(m, s.number) for m in moments]
 
     def _check_packed(self, at: float) -> list[Action]:
         """Every line complete and a box chosen (when the orders list any): weigh.
@@ -357,13 +362,13 @@ class Steps:
             # (another parcel's slip finishing now must not pass for this waybill).
             ours = any(order_id in f"{event.job_id} {event.group or ''}"
                        for order_id in s.order_ids)
-            if not (event.waybill or (s.external_labels and ours)):
+            if not ours or not (s.external_labels or event.waybill):
                 return []
             s.track_jobs([{"job_id": event.job_id}])
         job = s.print_jobs[event.job_id]
         job.update(state=event.state, code=event.code, at=iso_time(event.at))
         if event.waybill:
-            s.waybills.add(event.waybill)
+            self._learn_waybill(event.waybill)
         printer = event.printer or "printer"
         if event.state in ("failed", "uncertain", "cancelled", "expired"):
             reason = f"{printer}: {event.message or event.code or event.state}"
@@ -382,6 +387,13 @@ class Steps:
                 return [Signal("bad")]
         return []
 
+    def _learn_waybill(self, waybill: str) -> None:
+        """One more waybill number the label scanned back may carry."""
+        self._session().waybills.add(waybill)
+        if self.last_rejection and self.last_rejection["code"] == "waybill_unknown":
+            self.last_rejection = None
+            self.news = f"waybill number {waybill} received: scan the label"
+
     def _no_waybill_words(self) -> str:
         return (f"the central system did not send the waybill number of "
                 f"{', '.join(self._session().order_ids)}: the label cannot be checked; "
@@ -393,10 +405,7 @@ class Steps:
                 or not set(event.order_ids) & set(s.order_ids)):
             return []
         if event.waybill:
-            s.waybills.add(event.waybill)
-            if self.last_rejection and self.last_rejection["code"] == "waybill_unknown":
-                self.last_rejection = None
-                self.news = f"waybill number {event.waybill} received: scan the label"
+            self._learn_waybill(event.waybill)
         if self.state == PackState.VERIFY_LABEL:
             return []  # the labels are printed: only the number was missing
         if not event.jobs:
