@@ -8,9 +8,11 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from simulators.broker import Broker
@@ -124,8 +126,7 @@ def test_a_good_parcel_is_checked_weighed_photographed_labelled_verified_and_rep
     central.wait_for(state_is("verify_label"), 30)
     assert bench.label.jobs == [WAYBILL_ZPL]
     bench.scanner.scan("SF100")
-    result = central.wait_for(lambda m: m.topic == f"{PREFIX}/events/pack.result", 20)[0]
-    evidence = result.json["data"]
+    evidence = result_of(central, "SO-1")
     assert evidence["verdict"] == "pass" and evidence["waybill"] == "SF100"
     assert evidence["order_ids"] == ["SO-1"] and evidence["packer"] == "EMP-7"
     assert evidence["orders"][0]["lines"][0]["packed"] == 2
@@ -174,10 +175,24 @@ def open_parcel(central: CentralSystem, bench: Bench) -> None:
     central.wait_for(state_is("packing"), 15)
 
 
+def _schema(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(
+        resources.files("agent.schemas").joinpath(name).read_text())
+    return schema
+
+
+RESULT_SCHEMA, STATE_SCHEMA = _schema("pack_result.json"), _schema("bench_state.json")
+
+
 def result_of(central: CentralSystem, order_id: str) -> dict[str, Any]:
+    """The order's pack.result, checked against the published schema, and every bench
+    state received so far too."""
     message = central.wait_for(lambda m: m.topic == f"{PREFIX}/events/pack.result"
                                and order_id in m.json["data"]["order_ids"], 20)[0]
     data: dict[str, Any] = message.json["data"]
+    jsonschema.validate(data, RESULT_SCHEMA)
+    for state in central.matching(lambda m: m.topic == f"{PREFIX}/state"):
+        jsonschema.validate(state.json, STATE_SCHEMA)
     return data
 
 

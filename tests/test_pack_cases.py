@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from simulators.broker import Broker
@@ -22,6 +23,7 @@ from tests.harness import AgentProcess, wait_until
 from tests.test_pack_bench import (
     BENCH,
     PREFIX,
+    RESULT_SCHEMA,
     SITE,
     WAYBILL_ZPL,
     Bench,
@@ -465,7 +467,7 @@ def test_a_return_is_matched_by_waybill_scanned_classified_weighed_and_reported(
     assert done["state"] == "returns" and done["mode"] == "returns"
     central.wait_for(lambda m: m.topic == RESULT, 20, count=2)
     back = results(central)[-1]
-    # docs/pack-flow.md names the kind "return" (docs/mqtt-api.md says "returns").
+    jsonschema.validate(back, RESULT_SCHEMA)
     assert back["kind"] == "return" and back["verdict"] == "returned"
     assert back["order_ids"] == ["SO-1"] and back["waybill"] == "SF100"
     assert back["evidence_id"] != packed["evidence_id"]
