@@ -1,7 +1,10 @@
-"""``bench-agent``: run the daemon, check a config, discover hardware, print the version.
+"""``bench-agent``: run the daemon, and the technician's commands that talk to it.
 
-Exit codes: 0 success, 1 the daemon failed at run time, 2 bad usage or invalid config.
-See ``docs/cli.md``.
+The technician's commands (status, devices, scale, scanner, printer, camera, mqtt,
+outbox, evidence, selftest...) ask the running daemon over its control socket, so they
+never fight it for a port; a few run on the hardware directly with ``--direct`` when the
+daemon is not running. Exit codes: 0 ok, 1 the bench has a problem, 2 bad usage or
+invalid config, 3 the daemon is not running. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -10,138 +13,215 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from agent import __version__
+from agent import cli_output as out
+from agent.cli_daemon import (
+    ACTIONS,
+    DEFAULT_CONFIG,
+    EXIT_OK,
+    EXIT_USAGE,
+    config_path,
+    fail,
+    run_action,
+    socket_path,
+)
 from agent.config import Config, load_config
+from agent.control_client import ControlClient, DaemonError, DaemonNotRunning
 from agent.errors import AgentError, ConfigError
-
-DEFAULT_CONFIG = "/etc/bench-agent/config.toml"
 
 log = logging.getLogger("agent.cli")
 
 
+
+def _options(*, json_help: str = "print the result as JSON", direct: bool = False,
+             socket: bool = True) -> argparse.ArgumentParser:
+    """The options every technician's command takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help=f"config file (default: $BENCH_AGENT_CONFIG "
+                        f"or {DEFAULT_CONFIG}); the control socket is its diagnostics.socket")
+    if socket:
+        common.add_argument("--socket", help="the daemon's control socket (overrides the "
+                            "config's diagnostics.socket)")
+    common.add_argument("--json", action="store_true", help=json_help)
+    if direct:
+        common.add_argument("--direct", action="store_true", help="the daemon is not "
+                            "running: open the configured devices from this command")
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench-agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="bench-agent", description=__doc__.splitlines()[0].replace("``", ""),
+        epilog="exit codes: 0 ok; 1 the bench has a problem; 2 bad usage, invalid config or "
+               "refused args; 3 the daemon is not running (docs/cli.md)")
     parser.add_argument("--version", action="version", version=f"bench-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    config_help = f"config file (default: $BENCH_AGENT_CONFIG or {DEFAULT_CONFIG})"
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    plain, direct = _options(), _options(direct=True)
     run = sub.add_parser("run", help="run the bench daemon in the foreground")
-    run.add_argument("-c", "--config", help=config_help)
-    check = sub.add_parser("check-config", help="validate a config file without starting")
-    check.add_argument("-c", "--config", help=config_help)
-    check.add_argument("--json", action="store_true", help="print the result as JSON")
-    found = sub.add_parser("discover", help="list candidate hardware: serial ports, USB scales "
-                           "and printers, scanners, cameras (read-only, safe while running)")
-    found.add_argument("--json", action="store_true", help="print the result as JSON")
-    evidence = sub.add_parser("evidence", help="the evidence of a parcel, by order id or "
-                              "waybill number (reads the bench's database; safe while running)")
+    run.add_argument("-c", "--config", help=f"config file (default: $BENCH_AGENT_CONFIG or "
+                     f"{DEFAULT_CONFIG})")
+    sub.add_parser("status", parents=[plain], help="version, uptime, MQTT link, outbox "
+                   "backlog, every device's state and fault")
+    sub.add_parser("devices", parents=[direct], help="configured devices with their state, "
+                   "and the hardware discovered on this computer")
+    _device_commands(sub, plain, direct)
+    mqtt = sub.add_parser("mqtt", help="the broker link").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND")
+    check = mqtt.add_parser("check", parents=[plain], help="a message round trip through "
+                            "the broker")
+    check.add_argument("--timeout", type=float, help="seconds to wait for the echo (1-30, "
+                       "default 5)")
+    sub.add_parser("outbox", parents=[plain], help="outbox backlog, rejections, drops, alarms")
+    evidence = sub.add_parser("evidence", parents=[plain], help="the evidence of a parcel by "
+                              "order id or waybill number (read from the database directly "
+                              "when the daemon is not running)")
     evidence.add_argument("key", help="an order id or a waybill number")
-    evidence.add_argument("-c", "--config", help=config_help)
-    evidence.add_argument("--json", action="store_true", help="print the records as JSON")
-    version = sub.add_parser("version", help="print the agent version")
-    version.add_argument("--json", action="store_true", help="print the result as JSON")
+    config = sub.add_parser("config", help="the config file").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND")
+    config.add_parser("check", parents=[plain], help="validate the config file, and compare "
+                      "it with the config the daemon runs")
+    sub.add_parser("check-config", parents=[plain], help="the same as 'config check'")
+    sub.add_parser("version", parents=[plain], help="the CLI's version, and the daemon's")
+    sub.add_parser("selftest", parents=[direct], help="check every device without side "
+                   "effects, the broker link, the store and the outbox")
+    sub.add_parser("discover", parents=[_options(socket=False)],
+                   help="list candidate hardware: serial ports, USB scales and printers, "
+                   "scanners, cameras (read-only, safe while running)")
     return parser
 
 
-def _config_path(arg: str | None) -> str:
-    return arg or os.environ.get("BENCH_AGENT_CONFIG") or DEFAULT_CONFIG
+def _device_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                     plain: argparse.ArgumentParser, direct: argparse.ArgumentParser) -> None:
+    def group(kind: str, title: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        return sub.add_parser(kind, help=title).add_subparsers(
+            dest="sub", required=True, metavar="SUBCOMMAND")
+
+    def command(words: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                parent: argparse.ArgumentParser, what: str, kind: str) -> argparse.ArgumentParser:
+        parser = words.add_parser(name, parents=[parent], help=what)
+        parser.add_argument("device", nargs="?", help=f"a [devices.NAME] {kind} (default: "
+                            f"the first, or the one the packing job uses)")
+        return parser
+
+    scale = group("scale", "the scale: read, watch, zero, tare")
+    command(scale, "read", direct, "one fresh reading", "scale")
+    watch = command(scale, "watch", plain, "every reading for some seconds", "scale")
+    watch.add_argument("--seconds", type=float, help="how long (1-60, default 10)")
+    command(scale, "zero", plain, "zero the scale (an action)", "scale")
+    tare = command(scale, "tare", plain, "tare the scale (an action)", "scale")
+    tare.add_argument("--clear", action="store_true", default=None, help="clear the tare")
+    scanner = group("scanner", "the scanners: listen for scans")
+    listen = command(scanner, "listen", direct, "show the next scans with symbology and GS1 "
+                     "fields (without a device: every scanner)", "scanner")
+    listen.add_argument("--count", type=int, help="stop after this many scans (1-50, "
+                        "default 1)")
+    listen.add_argument("--timeout", type=float, help="seconds to wait (1-120, default 30)")
+    printer = group("printer", "the printers: status, test print")
+    command(printer, "status", direct, "ask the printer its status now", "printer")
+    command(printer, "test", direct, "print a test label or slip (bench, printer, time)",
+            "printer")
+    camera = group("camera", "the cameras: snapshot, decode")
+    snapshot = command(camera, "snapshot", direct, "a JPEG of what the camera sees", "camera")
+    snapshot.add_argument("-o", "--output", required=True, help="the JPEG file to write")
+    command(camera, "decode", direct, "the barcodes in view now", "camera")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bench-agent`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "version":
-        if args.json:
-            print(json.dumps({"version": __version__}))
-        else:
-            print(f"bench-agent {__version__}")
-        return 0
-    if args.command == "discover":
+    command = " ".join(w for w in (args.command, getattr(args, "sub", None)) if w)
+    if command == "run":
+        return _run(config_path(args.config))
+    if command in ("config check", "check-config"):
+        return _check_config(args)
+    if command == "discover":
         return _discover(as_json=args.json)
-    if args.command == "evidence":
-        return _evidence(_config_path(args.config), args.key, as_json=args.json)
-    if args.command == "check-config":
-        return _check_config(_config_path(args.config), as_json=args.json)
-    return _run(_config_path(args.config))
+    if command == "version":
+        return _version(args)
+    if command == "evidence":
+        return _evidence(args)
+    return run_action(args, ACTIONS[command])
 
 
-def _check_config(path: str, *, as_json: bool) -> int:
+def _daemon_answer(args: argparse.Namespace, command: str, command_args: dict[str, object]
+                   ) -> tuple[dict[str, object] | None, str | None]:
+    """The daemon's result, or None and why (not running, refused)."""
+    try:
+        with ControlClient(socket_path(args), timeout_s=30.0) as client:
+            return client.call(command, dict(command_args)), None
+    except AgentError as exc:
+        return None, exc.message
+
+
+def _version(args: argparse.Namespace) -> int:
+    daemon, why = _daemon_answer(args, "agent.version", {})
+    if args.json:
+        print(json.dumps({"version": __version__, **({"daemon": daemon} if daemon else {})}))
+    else:
+        print(out.show_version(__version__, daemon, why))
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """The file validated here (exit 2 when invalid); the daemon's own check when it runs."""
+    path = config_path(args.config)
     try:
         config = load_config(path)
     except ConfigError as exc:
-        if as_json:
+        if args.json:
             print(json.dumps({"ok": False, "file": path, "errors": str(exc).splitlines()}))
         else:
             print(f"config invalid:\n{exc}", file=sys.stderr)
-        return 2
-    summary = _summary(config)
-    if as_json:
-        print(json.dumps({"ok": True, "file": path, **summary}))
+        return EXIT_USAGE
+    local = {"ok": True, "file": path, **_summary(config)}
+    daemon, why = _daemon_answer(args, "config.check", {})
+    if args.json:
+        print(json.dumps({**local, "daemon": daemon}, ensure_ascii=False))
     else:
-        print(f"config ok: {path}")
-        for key, value in summary.items():
-            print(f"  {key}: {value}")
-    return 0
+        print(out.show_config_check(local, daemon, why))
+    return EXIT_USAGE if daemon is not None and daemon.get("ok") is False else EXIT_OK
 
 
 def _discover(*, as_json: bool) -> int:
     from agent.devices.discovery import discover
 
     found = discover()
-    if as_json:
-        print(json.dumps(found))
-        return 0
-    titles = {"serial": "Serial ports", "usb": "USB scales and printers",
-              "input": "Keyboard-type input devices (scanners)", "video": "Video devices"}
-    for group, title in titles.items():
-        print(f"{title}:")
-        if not found[group]:
-            print("  (none found)")
-        for entry in found[group]:
-            kind = entry["kind"] or "?"
-            print(f"  {kind:8} {entry['what']}")
-            print(f"           connection = \"{entry['connection']}\"")
-    return 0
+    print(json.dumps(found) if as_json else out.show_discovered(found))
+    return EXIT_OK
 
 
-def _evidence(path: str, key: str, *, as_json: bool) -> int:
-    """Exit 0 with the records, 1 when none is found, 2 for a bad config or database."""
-    from agent.jobs.evidence import read_records
-
+def _evidence(args: argparse.Namespace) -> int:
+    """Through the daemon; from the database read-only when it is not running (or runs
+    without the packing job). Exit 0 with records, 1 when none, 2 bad config or database."""
     try:
-        config = load_config(path)
-        records = read_records(config.storage.dir / "agent.db", key)
-    except AgentError as exc:
-        print(f"{exc}", file=sys.stderr)
-        return 2
-    if as_json:
-        print(json.dumps({"key": key, "records": records}, ensure_ascii=False))
-        return 0 if records else 1
-    if not records:
-        print(f"no evidence for {key!r} on this bench (an order id or waybill number)",
+        with ControlClient(socket_path(args), timeout_s=30.0) as client:
+            records = client.call("evidence.find", {"key": args.key})["records"]
+    except DaemonNotRunning:
+        records = None
+    except DaemonError as exc:
+        if exc.code != "unknown_command":
+            return fail(args, exc)
+        records = None
+    if records is None:
+        from agent.jobs.evidence import read_records
+
+        try:
+            records = read_records(load_config(config_path(args.config)).storage.dir
+                                   / "agent.db", args.key)
+        except AgentError as exc:  # a bad config, no database: wrongly asked
+            fail(args, exc)
+            return EXIT_USAGE
+    if args.json:
+        print(json.dumps({"key": args.key, "records": records}, ensure_ascii=False))
+    elif records:
+        print(out.show_evidence(records))
+    else:
+        print(f"no evidence for {args.key!r} on this bench (an order id or waybill number)",
               file=sys.stderr)
-        return 1
-    for record in records:
-        print(f"{record.get('kind', 'pack')} {record['evidence_id']}: {record.get('verdict')}"
-              f"{' (' + str(record['reason']) + ')' if record.get('reason') else ''}")
-        print(f"  orders {', '.join(record.get('order_ids', []))}, waybill "
-              f"{record.get('waybill')}, packer {record.get('packer')}, "
-              f"{record.get('started_at')} to {record.get('finished_at')}")
-        print(f"  weight {record.get('stable_weight_g')} g, expected "
-              f"{record.get('expected_weight_g')} g +/- {record.get('tolerance_g')} g")
-        for order in record.get("orders", []):
-            for line in order.get("lines", []):
-                serials = f" serials {', '.join(line['serials'])}" if line.get("serials") else ""
-                print(f"  {order['order_id']}: {line.get('packed')}/{line.get('expected')} x "
-                      f"{line.get('sku')} {line.get('name', '')}{serials}")
-        for override in record.get("overrides", []):
-            print(f"  override: {override}")
-        for photo in record.get("photos", []):
-            print(f"  photo {photo.get('moment')}: {photo.get('path') or photo.get('error')}")
-    return 0
+    return EXIT_OK if records else 1
 
 
 def _summary(config: Config) -> dict[str, object]:
@@ -155,7 +235,7 @@ def _summary(config: Config) -> dict[str, object]:
 
 
 def _run(path: str) -> int:
-    # Imported here so that `check-config` and `version` start fast.
+    # Imported here so that the technician's commands start fast.
     from agent.daemon import Daemon
     from agent.logs import setup_logging
 
@@ -163,10 +243,15 @@ def _run(path: str) -> int:
         config = load_config(path)
     except ConfigError as exc:
         print(f"config invalid:\n{exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     setup_logging(config.log.level)
     try:
-        return asyncio.run(Daemon(config).run())
+        daemon = Daemon(config)
+    except ConfigError as exc:  # a rule across sections, e.g. diagnostics.remote_allow
+        print(f"config invalid:\n{config.source}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(daemon.run())
     except AgentError as exc:
         log.critical("cannot run: %s", exc)
         return 1

@@ -9,6 +9,11 @@ Correlation Data) or the JSON ``reply_to``, either of which must lie under the b
 ``reply`` topic; without either it goes to ``{prefix}/reply``.
 
 Commands recorded but not finished when the agent stopped are run at the next start.
+
+Diagnostics commands (``diagnostic=True``) also answer the local control socket through
+:meth:`CommandChannel.call_local`: one implementation for the technician's CLI and for
+the central system. Over MQTT they obey ``[diagnostics]``: on or off, an allowlist,
+actions on or off, a rate limit. Read-only commands of any kind answer locally too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -26,6 +32,7 @@ from typing import Any
 
 import jsonschema
 
+from agent.config import DiagnosticsConfig
 from agent.errors import AgentError, CommandError, OutboxFull
 from agent.mqtt import Inbound
 from agent.outbox import Outbox, Priority, iso_time
@@ -43,16 +50,60 @@ ENVELOPE_SCHEMA: dict[str, Any] = json.loads(
 _NO_ARGS: dict[str, Any] = {"type": "object", "additionalProperties": False}
 _PRUNE_EVERY_S = 3600.0
 """How often command ids older than ``storage.command_retention_s`` are forgotten."""
+_NOT_STORED = ("too_large", "malformed_json", "invalid_command", "rate_limited")
+"""Refusals not remembered under the command id: the same id may be sent again."""
+
+_progress: ContextVar[Callable[[dict[str, Any]], None] | None] = ContextVar(
+    "command_progress", default=None)
+
+
+def report_progress(item: dict[str, Any]) -> bool:
+    """Stream ``item`` (a reading, a scan) to a local caller watching the running command.
+
+    Returns whether anyone watches: over MQTT nobody does and the command's result must
+    carry everything.
+    """
+    emit = _progress.get()
+    if emit is None:
+        return False
+    emit(item)
+    return True
 
 
 @dataclass(frozen=True)
 class Command:
-    """A registered command: ``action`` commands change something (print, tare)."""
+    """A registered command: ``action`` commands change something (print, tare);
+    ``diagnostic`` ones are the technician's (``[diagnostics]`` governs them over MQTT)."""
 
     name: str
     handler: Handler
     args_schema: dict[str, Any]
     action: bool
+    diagnostic: bool = False
+
+    @property
+    def local(self) -> bool:
+        """Runnable through the control socket: read-only, or a diagnostics action."""
+        return self.diagnostic or not self.action
+
+
+class _RateLimit:
+    """A token bucket: ``per_min`` commands a minute, bursts of as many."""
+
+    def __init__(self, per_min: int) -> None:
+        self.per_min = per_min
+        self.tokens = float(per_min)
+        self.at = time.monotonic()
+
+    def take(self) -> float:
+        """0 when a command may run now, else the seconds until it may."""
+        now = time.monotonic()
+        self.tokens = min(self.per_min, self.tokens + (now - self.at) * self.per_min / 60)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) * 60 / self.per_min
 
 
 @dataclass
@@ -78,33 +129,78 @@ def _first_error(validator: jsonschema.Draft202012Validator, instance: Any) -> s
     return f"{where}: {error.message}"
 
 
-class CommandChannel:
+class CommandRegistry:
+    """Commands by name, and running one for a local caller (the control socket, or the
+    CLI's direct hardware checks when the daemon is not running)."""
+
+    def __init__(self) -> None:
+        self._commands: dict[str, Command] = {}
+
+    def register(self, name: str, handler: Handler, *, args_schema: dict[str, Any] | None = None,
+                 action: bool = False, diagnostic: bool = False) -> None:
+        """Make ``name`` runnable; ``args_schema`` is the JSON Schema of its ``args``."""
+        self._commands[name] = Command(name, handler, args_schema or _NO_ARGS, action,
+                                       diagnostic)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._commands)
+
+    def get(self, name: str) -> Command | None:
+        return self._commands.get(name)
+
+    async def call_local(self, name: str, args: dict[str, Any], *,
+                         progress: Callable[[dict[str, Any]], None] | None = None
+                         ) -> dict[str, Any]:
+        """Run a command for the control socket: checked, run, not recorded (an
+        interactive call is not repeated); ``progress`` receives streamed items.
+
+        Raises:
+            CommandError: ``unknown_command``, ``not_local`` or ``invalid_args``.
+            AgentError: the command's own errors.
+        """
+        command = self._commands.get(name)
+        if command is None:
+            raise CommandError(f"unknown command {name!r}; the control socket runs: "
+                               f"{', '.join(self.local_names)}", code="unknown_command")
+        if not command.local:
+            raise CommandError(f"{name} changes the bench's work and is only taken from the "
+                               f"central system over MQTT", code="not_local")
+        problem = _first_error(_validator(command.args_schema), args)
+        if problem is not None:
+            raise CommandError(f"args of {name}: {problem}", code="invalid_args")
+        token = _progress.set(progress)
+        try:
+            return await command.handler(args)
+        finally:
+            _progress.reset(token)
+
+    @property
+    def local_names(self) -> list[str]:
+        return sorted(n for n, c in self._commands.items() if c.local)
+
+
+class CommandChannel(CommandRegistry):
     """Validates, deduplicates, records, runs and answers commands."""
 
     def __init__(self, store: Store, outbox: Outbox, topics: Topics, *, max_bytes: int,
-                 retention_s: int, ack: Callable[[Inbound], None]) -> None:
+                 retention_s: int, ack: Callable[[Inbound], None],
+                 policy: DiagnosticsConfig | None = None) -> None:
+        super().__init__()
         self._store = store
+        self.policy = policy or DiagnosticsConfig()
+        self._rate = _RateLimit(self.policy.remote_rate_per_min)
         self._outbox = outbox
         self._topics = topics
         self._max_bytes = max_bytes
         self._retention_s = retention_s
         self._ack = ack
-        self._commands: dict[str, Command] = {}
         self._envelope = _validator(ENVELOPE_SCHEMA)
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue()
         self._running: set[asyncio.Task[None]] = set()
         self._duplicates: dict[str, list[_Request]] = {}  # delivered again while running
         self._accepting = True
         self._pruned_at = -_PRUNE_EVERY_S  # prune with the first command
-
-    def register(self, name: str, handler: Handler, *, args_schema: dict[str, Any] | None = None,
-                 action: bool = False) -> None:
-        """Make ``name`` runnable; ``args_schema`` is the JSON Schema of its ``args``."""
-        self._commands[name] = Command(name, handler, args_schema or _NO_ARGS, action)
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._commands)
 
     def submit(self, message: Inbound) -> None:
         """Loop thread: a message arrived on a command topic."""
@@ -204,7 +300,27 @@ class CommandChannel:
         problem = _first_error(_validator(command.args_schema), request.args)
         if problem is not None:
             raise CommandError(f"args of {request.name}: {problem}", code="invalid_args")
+        if command.diagnostic:
+            self._check_remote(command)
         return command
+
+    def _check_remote(self, command: Command) -> None:
+        """``[diagnostics]`` over MQTT: on, allowed, action allowed, within the rate."""
+        policy = self.policy
+        if not policy.remote:
+            raise CommandError(f"{command.name}: diagnostics over MQTT are off on this bench "
+                               f"(diagnostics.remote)", code="remote_disabled")
+        if policy.remote_allow is not None and command.name not in policy.remote_allow:
+            raise CommandError(f"{command.name} is not allowed over MQTT on this bench "
+                               f"(diagnostics.remote_allow)", code="not_allowed")
+        if command.action and not policy.remote_actions:
+            raise CommandError(f"{command.name} changes the bench and diagnostics actions "
+                               f"over MQTT are off (diagnostics.remote_actions)",
+                               code="action_disabled")
+        wait_s = self._rate.take()
+        if wait_s:
+            raise CommandError(f"more than {policy.remote_rate_per_min} diagnostics commands "
+                               f"a minute; try again in {wait_s:.1f} s", code="rate_limited")
 
     # ------------------------------------------------------------ running
     def _start(self, command: Command, request: _Request) -> None:
@@ -269,7 +385,7 @@ class CommandChannel:
         reply = self._reply(request, ok=False, error=error)
         # A refusal with an id is stored too, so a repeat gets the same answer.
         await self._send(request, reply, store=request.command_id is not None
-                         and error.code not in ("too_large", "malformed_json", "invalid_command"))
+                         and error.code not in _NOT_STORED)
         self._ack(message)
 
     async def _answer_duplicate(self, message: Inbound, request: _Request,

@@ -119,6 +119,49 @@ class AgentConfig(_Section):
     """On SIGTERM, how long to keep delivering the outbox backlog before disconnecting."""
 
 
+DIAGNOSTICS_COMMANDS = ("agent.version", "camera.decode", "camera.snapshot", "config.check",
+                        "mqtt.check", "outbox.stats", "printer.status", "printer.test",
+                        "scale.read", "scale.tare", "scale.watch", "scale.zero",
+                        "scanner.listen", "selftest")
+"""The diagnostics commands (agent/diagnostics.py registers exactly these)."""
+
+
+class DiagnosticsConfig(_Section):
+    """``[diagnostics]``: the technician's commands (docs/diagnostics.md), through the local
+    control socket and over MQTT."""
+
+    socket: Path = Path("/run/bench-agent/control.sock")
+    """The control socket the ``bench-agent`` CLI talks to (at most 100 bytes long)."""
+    socket_group: str | None = None
+    """A group allowed to use the socket (mode 0660); none: only the agent's user (0600)."""
+    remote: bool = True
+    """Run diagnostics commands that arrive over MQTT at all."""
+    remote_allow: list[str] | None = None
+    """The diagnostics commands allowed over MQTT; none: every one."""
+    remote_actions: bool = True
+    """Allow the diagnostics actions (test print, zero, tare) over MQTT."""
+    remote_rate_per_min: Annotated[int, Field(ge=1, le=600)] = 30
+    """Diagnostics commands over MQTT per minute (bursts up to the same number)."""
+
+    @field_validator("remote_allow")
+    @classmethod
+    def _known_commands(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [name for name in value or () if name not in DIAGNOSTICS_COMMANDS]
+        if unknown:
+            raise ValueError(f"not diagnostics commands: {', '.join(unknown)}; they are: "
+                             f"{', '.join(DIAGNOSTICS_COMMANDS)}")
+        return value
+
+    @field_validator("socket")
+    @classmethod
+    def _short_enough(cls, value: Path) -> Path:
+        # sockaddr_un.sun_path holds 108 bytes with its NUL on Linux.
+        if len(str(value).encode()) > 100:
+            raise ValueError(f"{value} is longer than 100 bytes: a Unix socket path must be "
+                             f"shorter (sockaddr_un)")
+        return value
+
+
 class PrintJobsConfig(_Section):
     """``[jobs.print]``: the print-job queue (docs/print-jobs.md)."""
 
@@ -204,6 +247,7 @@ class Config(_Section):
     agent: AgentConfig = AgentConfig()
     devices: dict[str, DeviceSettings] = {}
     jobs: JobsConfig = JobsConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     source: Path = Field(default=Path("<memory>"), exclude=True)
 
     @field_validator("devices")
@@ -279,6 +323,7 @@ _PATH_KEYS = {
     ("mqtt", "tls", "key_file"),
     ("storage", "dir"),
     ("jobs", "pack", "photo_dir"),
+    ("diagnostics", "socket"),
 }
 
 

@@ -24,9 +24,11 @@ from agent import __version__
 from agent.bus import Bus
 from agent.commands import CommandChannel
 from agent.config import Config
+from agent.control import ControlServer
 from agent.devices.discovery import discover
 from agent.devices.manager import DeviceManager
 from agent.devices.readings import StateChange
+from agent.diagnostics import Diagnostics
 from agent.errors import OutboxFull
 from agent.jobs import order_commands
 from agent.jobs.order_book import OrderBook
@@ -84,6 +86,7 @@ class Daemon:
             max_bytes=config.mqtt.max_command_bytes,
             retention_s=config.storage.command_retention_s,
             ack=self.link.ack,
+            policy=config.diagnostics,
         )
         self.printing = PrintService(config.jobs.print, self.devices, self.store, self.outbox,
                                      self.commands)
@@ -104,6 +107,12 @@ class Daemon:
         self.commands.register("status.get", self._cmd_status_get)
         self.commands.register("devices.list", self._cmd_devices_list)
         self.commands.register("devices.discover", self._cmd_devices_discover)
+        self.diagnostics = Diagnostics(config, self.devices, self.bus, printing=self.printing,
+                                       outbox=self.outbox, link=self.link, topics=self.topics)
+        self.diagnostics.register(self.commands)
+        # The technician's CLI: local, read-only and diagnostics commands (docs/cli.md).
+        self.control = ControlServer(config.diagnostics, self.commands)
+        self.services.append(self.control)
         self.outbox.on_alarm_change = self._status_soon
         self.notifier = Notifier()
         self.started_at = time.time()
@@ -189,12 +198,16 @@ class Daemon:
 
         self.session = await self.store.run(_bump)
         self.link.subscribe(self.topics.commands)
+        self.link.subscribe(self.topics.echo)
         self.outbox.on_connected()
         await self.publish_status()
 
     def _on_message(self, message: Inbound) -> None:
         if self.topics.command_name(message.topic) is not None:
             self.commands.submit(message)
+        elif message.topic == self.topics.echo:
+            self.diagnostics.echo_received(message.payload)
+            self.link.ack(message)
         else:
             log.warning("ignoring message on unexpected topic %s", message.topic)
             self.link.ack(message)
@@ -222,6 +235,7 @@ class Daemon:
             "link": self.link.status(),
             "outbox": await self.outbox.stats(),
             "alarms": self.outbox.alarms(),
+            "control": self.control.status(),
         }
 
     async def publish_status(self) -> None:

@@ -17,6 +17,8 @@ class Topics:
         """The packing bench's state for displays (retained, at every change)."""
         self.commands = f"{self.prefix}/cmd/+"
         self.reply = f"{self.prefix}/reply"
+        self.echo = f"{self.prefix}/diag/echo"
+        """``mqtt.check`` publishes here and reads it back: a round trip through the broker."""
 
     def event(self, kind: str) -> str:
         return f"{self.prefix}/events/{kind}"

@@ -20,6 +20,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,15 @@ class Bench:
         self.slip.stop()
 
 
+def _socket(directory: Path) -> Path:
+    """The control socket next to the demo's state (any user may create it there), or in
+    a fresh /tmp folder when that path is too long for a Unix socket (100 bytes)."""
+    path = directory / "control.sock"
+    if len(str(path).encode()) <= 100:
+        return path
+    return Path(tempfile.mkdtemp(prefix="ba-demo-")) / "control.sock"
+
+
 def _config(directory: Path, port: int, bench: Bench) -> Path:
     path = directory / "config.toml"
     path.write_text(f"""\
@@ -87,6 +97,9 @@ dir = "state"
 
 [status]
 interval_s = 10.0
+
+[diagnostics]
+socket = "{_socket(directory)}"
 
 [devices.scale]
 kind = "scale"
@@ -286,6 +299,8 @@ def main() -> int:
         central.request(SITE, BENCH, "status.get")
         central.request(SITE, BENCH, "state.resend")
         _play(central, bench)
+        print(f"[demo] the technician's view: .venv/bin/bench-agent status -c {config} "
+              f"(also devices, selftest, scale read, scanner listen...; docs/cli.md)")
         print("[demo] running; Ctrl-C stops the agent (it says offline) and the broker")
         deadline = time.monotonic() + args.duration if args.duration else None
         while agent.poll() is None and (deadline is None or time.monotonic() < deadline):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +47,14 @@ def write_toml(path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
+def short_socket_path() -> Path:
+    """A control socket path of its own, short enough for ``sockaddr_un`` (pytest's
+    ``tmp_path`` can be longer than the 100 bytes a socket path may have)."""
+    folder = tempfile.mkdtemp(prefix="ba-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder) / "control.sock"
+
+
 def bench_config(tmp: Path, port: int, ca: Path, *, site: str = "sh01", bench: str = "b07",
                  **overrides: Any) -> dict[str, Any]:
     """A valid config dict for a bench on the test broker; ``overrides`` merge per section."""
@@ -54,6 +65,7 @@ def bench_config(tmp: Path, port: int, ca: Path, *, site: str = "sh01", bench: s
         "storage": {"dir": str(tmp / "state")},
         "status": {"interval_s": 5.0},
         "agent": {"shutdown_flush_s": 3.0},
+        "diagnostics": {"socket": str(short_socket_path())},
         # Listed in the status but not driven: tests of devices configure their own.
         "devices": {"scale1": {"kind": "scale", "protocol": "mt-sics", "enabled": False,
                                "connection": "serial:///dev/ttyUSB0?baud=9600"},

@@ -70,7 +70,10 @@ def test_device_states_reach_the_central_system_in_order_across_an_unplug(
     faulted = central.wait_for(_state("label", "faulted"), timeout_s=20)[0].json["data"]
     assert faulted["code"] == "paper_out"
     label.set_fault("paper_out", on=False)
-    central.wait_for(_state("label", "ready"), count=2, timeout_s=20)
+    back = central.wait_for(_state("label", "ready"), count=2, timeout_s=20)[1].json["data"]
+    # Ready again, the status still says what went wrong last (for the technician).
+    assert back["status"]["last_fault"]["code"] == "paper_out"
+    assert back["status"]["last_fault"]["state"] == "faulted"
     scale_states = [m.json["data"]["state"] for m in central.messages
                     if m.topic.endswith("/events/device_state")
                     and m.json["data"]["device"] == "scale"]

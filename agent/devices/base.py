@@ -54,6 +54,9 @@ class Device(ABC, Generic[SettingsT]):
         self.connects = 0
         self.failures = 0
         self.retry_at: float | None = None
+        self.last_fault: dict[str, Any] | None = None
+        """The latest fault or disconnect ``{code, message, at}``, kept after recovery: what
+        a technician asks first about a device that works again."""
         self.ready = asyncio.Event()
         self.on_change: Callable[[StateChange], None] | None = None
         self.log = logging.LoggerAdapter(log, {"device": name})
@@ -151,6 +154,8 @@ class Device(ABC, Generic[SettingsT]):
         else:
             self.ready.clear()
         if state in (DeviceState.DISCONNECTED, DeviceState.FAULTED):
+            self.last_fault = {"state": state.value, "code": code, "message": message,
+                               "at": self.since}
             level = logging.WARNING if state is DeviceState.DISCONNECTED else logging.ERROR
             self.log.log(level, "%s (%s) %s: %s: %s", self.name, self.kind, state.value,
                          code, message)
@@ -178,5 +183,6 @@ class Device(ABC, Generic[SettingsT]):
             "connects": self.connects,
             "failures": self.failures,
             "retry_at": self.retry_at,
+            "last_fault": self.last_fault,
             **self.details(),
         }

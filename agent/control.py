@@ -1,0 +1,377 @@
+"""The control socket: the technician's CLI talks to the running daemon through it.
+
+A Unix stream socket at ``diagnostics.socket`` (docs/diagnostics.md#the-control-socket).
+Requests and answers are JSON objects, one per ``\\n``-terminated line: a request is
+``{"command": NAME, "args": {...}}``; the daemon answers with zero or more
+``{"progress": ITEM}`` lines, then one ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": {"code", "message"}}`` line. Several requests may follow each
+other on one connection; each runs through :meth:`CommandRegistry.call_local`, so the
+socket runs read-only and diagnostics commands only (``not_local`` for the rest).
+
+The socket file is created with mode 0600, or 0660 and the group ``socket_group``; its
+permissions are set before ``listen()``, so nobody can connect in between. A socket file
+nobody listens on (left by a daemon that was killed) is replaced; one a live process
+listens on is left alone and reported. When the socket cannot be made the daemon logs why
+and runs on without it: the bench's work does not depend on the technician's CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.commands import CommandRegistry
+from agent.config import DiagnosticsConfig
+from agent.errors import AgentError, CommandError
+from agent.tasks import task_name
+
+log = logging.getLogger("agent.control")
+
+MAX_REQUEST_BYTES = 64 * 1024
+"""Longest request line (without its ``\\n``); a longer one gets ``too_large``."""
+MAX_CONNECTIONS = 8
+"""Connections served at once; one more is answered ``busy`` and closed."""
+_HANGUP_POLL_S = 0.2
+"""After a client shut its sending side, how often to look whether it closed entirely."""
+_PROBE_TIMEOUT_S = 1.0
+_TOO_LARGE = object()
+_EOF = object()
+
+
+class ControlError(AgentError):
+    """The control socket cannot be created, or a request on it is refused."""
+
+    code = "control_error"
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One protocol line: compact UTF-8 JSON and ``\\n``."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def error_line(code: str, message: str) -> bytes:
+    return encode({"ok": False, "error": {"code": code, "message": message}})
+
+
+# ---------------------------------------------------------------- the socket file
+def bind_socket(path: Path, group: str | None) -> socket.socket:
+    """A listening, non-blocking Unix socket at ``path`` with its mode (and group) set.
+
+    Blocking (a group lookup may ask NSS, the stale-socket probe connects): call it in a
+    thread.
+
+    Raises:
+        ControlError: saying why, in words a technician can act on.
+    """
+    gid = None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ControlError(f"diagnostics.socket_group: there is no group {group!r} on this "
+                               f"computer (create it, or leave the key out for mode 0600)"
+                               ) from None
+    _make_parent(path.parent)
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            raise ControlError(f"cannot create the control socket {path}: {exc.strerror}"
+                               ) from exc
+        try:
+            if gid is not None:
+                os.chown(path, -1, gid)
+                os.chmod(path, 0o660)
+            else:
+                os.chmod(path, 0o600)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise ControlError(f"cannot give the control socket {path} to group {group!r}: "
+                               f"{exc.strerror} (the agent's user must belong to that group)"
+                               ) from exc
+        sock.listen(MAX_CONNECTIONS)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _make_parent(folder: Path) -> None:
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(parents=True, mode=0o755)
+        folder.chmod(0o755)  # mkdir's mode passes through the umask
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise ControlError(f"cannot create the folder {folder} of the control socket: "
+                           f"{exc.strerror}") from exc
+
+
+def _remove_stale(path: Path) -> None:
+    """Unlink a socket file nobody listens on; refuse anything else that is there."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ControlError(f"cannot look at {path}: {exc.strerror}") from exc
+    if not stat.S_ISSOCK(mode):
+        raise ControlError(f"{path} exists and is not a socket; remove it or set another "
+                           f"diagnostics.socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(_PROBE_TIMEOUT_S)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        log.info("removing the stale control socket %s (nobody listens on it)", path)
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        raise ControlError(f"{path} exists and cannot be probed ({exc}); remove it if no "
+                           f"other bench-agent runs") from exc
+    finally:
+        probe.close()
+    raise ControlError(f"another process (a second bench-agent?) is listening on {path}; stop "
+                       f"it, or give this daemon its own diagnostics.socket")
+
+
+def _peer(sock: Any) -> str:
+    """``uid U pid P`` of the connected process, from SO_PEERCRED."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return "peer unknown"
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return f"uid {uid} pid {pid}"
+
+
+def _hung_up(sock: Any) -> bool:
+    """Whether the peer closed the connection both ways (POLLHUP), not only its sending
+    side (``shutdown(SHUT_WR)`` after its request, as ``socat`` does)."""
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
+                   for _fd, events in poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """``(command, args)`` of a request line.
+
+    Raises:
+        CommandError: ``malformed_request``, saying what a request looks like.
+    """
+    shape = 'a request is one JSON object per line: {"command": NAME, "args": {...}}'
+    try:
+        body = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"not JSON ({exc}); {shape}", code="malformed_request") from exc
+    if not isinstance(body, dict):
+        raise CommandError(f"not a JSON object; {shape}", code="malformed_request")
+    unknown = sorted(set(body) - {"command", "args"})
+    if unknown:
+        raise CommandError(f"unknown keys {', '.join(unknown)}; {shape}",
+                           code="malformed_request")
+    name, args = body.get("command"), body.get("args", {})
+    if not isinstance(name, str) or not name:
+        raise CommandError(f"'command' must be a command name; {shape}",
+                           code="malformed_request")
+    if not isinstance(args, dict):
+        raise CommandError(f"'args' must be an object; {shape}", code="malformed_request")
+    return name, args
+
+
+# ---------------------------------------------------------------- the server
+class ControlServer:
+    """The daemon's ``control`` service: serves the control socket until cancelled.
+
+    Args:
+        settings: ``[diagnostics]`` (the socket's path and group).
+        registry: the commands; each request runs through ``call_local``.
+    """
+
+    name = "control"
+
+    def __init__(self, settings: DiagnosticsConfig, registry: CommandRegistry, *,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        self.path = settings.socket
+        self._group = settings.socket_group
+        self._registry = registry
+        self._max_connections = max_connections
+        self._connections: set[asyncio.Task[Any]] = set()
+        self.state = "starting"
+        self.error: str | None = None
+        self.requests = 0
+
+    def status(self) -> dict[str, Any]:
+        """The status message's ``control`` part."""
+        return {"socket": str(self.path), "state": self.state, "error": self.error,
+                "connections": len(self._connections), "requests": self.requests}
+
+    async def run(self, _daemon: object = None) -> None:
+        """Listen until cancelled; then close every connection and remove the socket."""
+        try:
+            sock = await asyncio.to_thread(bind_socket, self.path, self._group)
+        except ControlError as exc:
+            self.state, self.error = "failed", exc.message
+            log.error("no control socket, the bench-agent CLI cannot reach this daemon (the "
+                      "bench works on): %s", exc.message)
+            return
+        inode = os.stat(self.path).st_ino
+        server = await asyncio.start_unix_server(self._connected, sock=sock,
+                                                 limit=MAX_REQUEST_BYTES)
+        self.state = "listening"
+        log.info("control socket %s listening (mode %s)", self.path,
+                 "0660, group " + self._group if self._group else "0600")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            with contextlib.suppress(OSError):
+                if os.stat(self.path).st_ino == inode:  # still ours, not a newer daemon's
+                    self.path.unlink()
+            self.state = "stopped"
+
+    async def _connected(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        sock = writer.get_extra_info("socket")
+        peer = _peer(sock)
+        try:
+            if len(self._connections) > self._max_connections:
+                log.warning("%s refused: %d connections already", peer,
+                            self._max_connections)
+                writer.write(error_line("busy", f"the daemon serves {self._max_connections} "
+                                        f"control connections at once; try again"))
+                await writer.drain()
+                return
+            await self._session(reader, writer, sock, peer)
+        except (ConnectionError, BrokenPipeError):
+            log.info("%s went away", peer)
+        except Exception:
+            log.exception("connection of %s failed", peer)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       sock: Any, peer: str) -> None:
+        """Requests one after the other; a full close of the peer cancels the running one."""
+        lines: asyncio.Queue[Any] = asyncio.Queue()
+        gone = asyncio.Event()
+        reading = asyncio.create_task(_read_lines(reader, lines, sock, gone),
+                                      name=task_name("control.read"))
+        try:
+            while True:
+                line = await lines.get()
+                if line is _EOF:
+                    return
+                if line is _TOO_LARGE:
+                    log.info("%s: request over %d bytes, closing", peer,
+                             MAX_REQUEST_BYTES)
+                    writer.write(error_line("too_large", f"a request is at most "
+                                            f"{MAX_REQUEST_BYTES} bytes; closing"))
+                    await writer.drain()
+                    return
+                await self._request(line, writer, gone, peer)
+                if gone.is_set():
+                    return
+        finally:
+            reading.cancel()
+
+    async def _request(self, line: bytes, writer: asyncio.StreamWriter, gone: asyncio.Event,
+                       peer: str) -> None:
+        started = time.monotonic()
+        self.requests += 1
+        try:
+            name, args = parse_request(line)
+        except CommandError as exc:
+            log.info("%s: malformed request: %s", peer, exc.message)
+            writer.write(error_line(exc.code, exc.message))
+            await writer.drain()
+            return
+
+        def progress(item: dict[str, Any]) -> None:
+            writer.write(encode({"progress": item}))
+
+        run = asyncio.create_task(self._registry.call_local(name, args, progress=progress),
+                                  name=task_name(f"control.{name}"))
+        hangup = asyncio.create_task(gone.wait(), name=task_name("control.hangup"))
+        try:
+            await asyncio.wait({run, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hangup.cancel()
+            if not run.done():
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                log.info("%s: %s stopped: %s", peer, name,
+                         "the client closed the connection" if gone.is_set()
+                         else "the daemon is stopping")
+        if run.cancelled():
+            return
+        answer, outcome = _answer(run, name, peer)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        log.info("%s: %s -> %s (%.0f ms)", peer, name, outcome, elapsed_ms)
+        writer.write(answer)
+        await writer.drain()
+
+
+def _answer(run: asyncio.Task[dict[str, Any]], name: str, peer: str) -> tuple[bytes, str]:
+    """The final line of a finished command and the outcome to log."""
+    try:
+        return encode({"ok": True, "result": run.result()}), "ok"
+    except AgentError as exc:
+        return error_line(exc.code, exc.message), f"{exc.code}: {exc.message}"
+    except Exception as exc:
+        log.exception("%s: %s failed", peer, name)
+        return error_line("internal_error", f"{type(exc).__name__}: {exc}"), "internal_error"
+
+
+async def _read_lines(reader: asyncio.StreamReader, lines: asyncio.Queue[Any], sock: Any,
+                      gone: asyncio.Event) -> None:
+    """Queue the request lines as they come (``_TOO_LARGE`` ends them, ``_EOF`` too); after
+    the peer's end of sending, set ``gone`` once it has closed the connection entirely."""
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            lines.put_nowait(_TOO_LARGE)
+            return
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():  # a last request without its newline
+                lines.put_nowait(exc.partial)
+            lines.put_nowait(_EOF)
+            break
+        except ConnectionError:
+            lines.put_nowait(_EOF)
+            gone.set()
+            return
+        lines.put_nowait(line)
+    while not _hung_up(sock):
+        await asyncio.sleep(_HANGUP_POLL_S)
+    gone.set()
