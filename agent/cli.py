@@ -4,7 +4,8 @@ The technician's commands (status, devices, scale, scanner, printer, camera, mqt
 outbox, evidence, selftest...) ask the running daemon over its control socket, so they
 never fight it for a port; a few run on the hardware directly with ``--direct`` when the
 daemon is not running. Exit codes: 0 ok, 1 the bench has a problem, 2 bad usage or
-invalid config, 3 the daemon is not running. See ``docs/cli.md``.
+invalid config, 3 the daemon is not running, 4 the daemon is busy (too many technicians
+connected). See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from agent.cli_daemon import (
     run_action,
     socket_path,
 )
-from agent.config import Config, load_config
+from agent.config import load_config, summary
 from agent.control_client import ControlClient, DaemonError, DaemonNotRunning
 from agent.errors import AgentError, ConfigError
 
@@ -56,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench-agent", description=__doc__.splitlines()[0].replace("``", ""),
         epilog="exit codes: 0 ok; 1 the bench has a problem; 2 bad usage, invalid config or "
-               "refused args; 3 the daemon is not running (docs/cli.md)")
+               "refused args; 3 the daemon is not running; 4 the daemon is busy (too many "
+               "technicians connected: try again) (docs/cli.md)")
     parser.add_argument("--version", action="version", version=f"bench-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plain, direct = _options(), _options(direct=True)
@@ -176,7 +178,7 @@ def _check_config(args: argparse.Namespace) -> int:
         else:
             print(f"config invalid:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
-    local = {"ok": True, "file": path, **_summary(config)}
+    local = {"ok": True, "file": path, **summary(config)}
     daemon, why = _daemon_answer(args, "config.check", {})
     if args.json:
         print(json.dumps({**local, "daemon": daemon}, ensure_ascii=False))
@@ -222,16 +224,6 @@ def _evidence(args: argparse.Namespace) -> int:
         print(f"no evidence for {args.key!r} on this bench (an order id or waybill number)",
               file=sys.stderr)
     return EXIT_OK if records else 1
-
-
-def _summary(config: Config) -> dict[str, object]:
-    return {
-        "bench": f"{config.bench.site}/{config.bench.id}",
-        "broker": f"{config.mqtt.host}:{config.mqtt.port} (TLS"
-                  f"{', client certificate' if config.mqtt.tls.cert_file else ''})",
-        "storage": str(config.storage.dir),
-        "devices": ", ".join(f"{n} ({d.kind})" for n, d in config.devices.items()) or "none",
-    }
 
 
 def _run(path: str) -> int:

@@ -3,8 +3,9 @@ control socket (or, with ``--direct``, runs it on devices the CLI opens itself),
 the result and exits with a code that says whether the bench has a problem.
 
 Exit codes (docs/cli.md): 0 ok; 1 the bench has a problem (a device error, a failed
-selftest or MQTT check, nothing scanned or found); 2 bad usage, an invalid config, args
-the daemon refused; 3 the daemon is not running.
+selftest or MQTT check, nothing scanned or found, the daemon not answering in time); 2 bad
+usage, an invalid config, args the daemon refused; 3 the daemon is not running; 4 the
+daemon is busy (too many technicians connected: try again).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from agent.control_client import ControlClient, DaemonError, DaemonNotRunning
 from agent.errors import AgentError
 
 DEFAULT_CONFIG = "/etc/bench-agent/config.toml"
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_NO_DAEMON, EXIT_BUSY = 0, 1, 2, 3, 4
 USAGE_CODES = frozenset({
     "invalid_args", "unknown_command", "not_local", "malformed_request", "too_large",
     "device_not_found", "config_invalid", "permission_denied", "daemon_running",
@@ -100,6 +101,8 @@ def fail(ns: argparse.Namespace, error: AgentError, hint: str = "") -> int:
     print(f"bench-agent: {code}{error.message}{hint}", file=sys.stderr)
     if error.code in NO_DAEMON_CODES:
         return EXIT_NO_DAEMON
+    if error.code == "busy":
+        return EXIT_BUSY
     return EXIT_USAGE if error.code in USAGE_CODES else EXIT_PROBLEM
 
 
@@ -156,8 +159,11 @@ def daemon_running(path: Path) -> bool:
 
 
 def _run_direct(ns: argparse.Namespace, action: Action, progress: Progress | None) -> Result:
+    """The command on the devices it needs, opened here, while the storage lock says no
+    daemon (nor another ``--direct`` check) runs on this bench, and holds it off."""
     from agent.direct import DirectBench
     from agent.logs import setup_logging
+    from agent.storage_lock import StorageLock, StorageLocked
 
     path = socket_path(ns)
     if daemon_running(path):
@@ -165,9 +171,21 @@ def _run_direct(ns: argparse.Namespace, action: Action, progress: Progress | Non
                          f"devices; run the command without --direct to ask it",
                          code="daemon_running")
     config = load_config(config_path(ns.config))
-    setup_logging("warning", stream=sys.stderr)  # the drivers' faults, as they happen
-    with DirectBench(config) as bench:
-        return _fetch(bench.call, ns, action, progress)
+    lock = StorageLock(config.storage.dir, "direct", create=False)
+    try:
+        lock.acquire()
+    except StorageLocked as exc:
+        then = "wait until it ends" if exc.role == "direct" else \
+            "run the command without --direct to ask the daemon"
+        raise AgentError(f"{exc.holder} runs on this bench ({lock.path} is locked) and holds "
+                         f"the devices; {then}", code="daemon_running") from exc
+    try:
+        setup_logging("warning", stream=sys.stderr)  # the drivers' faults, as they happen
+        with DirectBench(config, command=action.command,
+                         device=action.args(ns).get("device")) as bench:
+            return _fetch(bench.call, ns, action, progress)
+    finally:
+        lock.release()
 
 
 # ---------------------------------------------------------------- the commands

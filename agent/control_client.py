@@ -7,6 +7,7 @@ CLI starts fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Callable
@@ -65,6 +66,11 @@ class ControlClient:
         sock.settimeout(self._timeout_s)
         try:
             sock.connect(str(self.path))
+        except TimeoutError as exc:  # its backlog full: it does not accept connections
+            sock.close()
+            raise DaemonError(f"the daemon did not take the connection on {self.path} "
+                              f"within {self._timeout_s:g} s (it may hang; see its log)",
+                              code="timeout") from exc
         except (FileNotFoundError, NotADirectoryError) as exc:
             sock.close()
             raise DaemonNotRunning(f"the bench-agent daemon is not running: no control "
@@ -99,20 +105,20 @@ class ControlClient:
 
         Raises:
             DaemonNotRunning: see :meth:`connect`.
-            DaemonError: the daemon's refusal or failure, with its code and message.
+            DaemonError: the daemon's refusal or failure, with its code and message;
+                ``timeout`` when it sent nothing for ``timeout_s`` (it hangs, it is not
+                stopped), ``bad_answer`` for a line that is not the protocol's,
+                ``connection_lost`` when the connection ended before the answer.
         """
         self.connect()
         assert self._sock is not None
         request = json.dumps({"command": command, "args": args or {}}).encode() + b"\n"
         try:
-            self._sock.sendall(request)
+            # Closed at once: its reason (busy) may still wait to be read.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._sock.sendall(request)
             while True:
-                line = self._lines.readline()
-                if not line:
-                    self.close()
-                    raise DaemonError(f"the daemon closed the connection before answering "
-                                      f"{command} (it may be stopping)", code="connection_lost")
-                answer = json.loads(line)
+                answer = self._next_line(command)
                 if "progress" in answer:
                     if on_progress is not None:
                         on_progress(answer["progress"])
@@ -120,10 +126,33 @@ class ControlClient:
                 if answer.get("ok") is True:
                     result: dict[str, Any] = answer.get("result") or {}
                     return result
-                error = answer.get("error") or {}
+                error = answer.get("error")
+                error = error if isinstance(error, dict) else {}
                 raise DaemonError(str(error.get("message", answer)),
                                   code=str(error.get("code", "daemon_error")))
-        except (OSError, ValueError) as exc:
+        except TimeoutError as exc:
+            self.close()
+            raise DaemonError(f"the daemon did not answer {command} within "
+                              f"{self._timeout_s:g} s: it runs but may hang (see its log: "
+                              f"journalctl -u bench-agent)", code="timeout") from exc
+        except OSError as exc:
             self.close()
             raise DaemonError(f"the control connection to {self.path} failed: {exc}",
                               code="connection_lost") from exc
+
+    def _next_line(self, command: str) -> dict[str, Any]:
+        """The daemon's next line as a JSON object."""
+        line = self._lines.readline()
+        if not line:
+            self.close()
+            raise DaemonError(f"the daemon closed the connection before answering {command} "
+                              f"(it may be stopping)", code="connection_lost")
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            self.close()
+            raise DaemonError(f"the daemon's answer to {command} is not a JSON object line: "
+                              f"{line[:200]!r}", code="bad_answer")
+        return answer

@@ -18,8 +18,8 @@ from typing import Any
 
 from agent import __version__
 from agent.bus import Bus
-from agent.commands import CommandRegistry, report_progress
-from agent.config import Config, load_config
+from agent.commands import CommandRegistry, current_command_id, report_progress
+from agent.config import Config, load_config, summary
 from agent.devices.base import Device
 from agent.devices.camera import Camera
 from agent.devices.manager import DeviceManager
@@ -38,6 +38,9 @@ from agent.topics import Topics
 _DEVICE = {"type": "string", "minLength": 1, "maxLength": 64}
 _ONE_DEVICE: dict[str, Any] = {"type": "object", "additionalProperties": False,
                                "properties": {"device": _DEVICE}}
+_GONE = (DeviceState.CONNECTING, DeviceState.DISCONNECTED)
+"""Not reachable: nothing can be asked of it (a faulted device is asked: a printer out of
+paper still answers its status)."""
 MAX_WATCHED = 600
 """Readings a ``scale.watch`` result keeps (a streaming scale sends up to ~10 a second)."""
 
@@ -124,7 +127,7 @@ class Diagnostics:
         Raises:
             AgentError: ``device_not_ready`` with its state, code and message.
         """
-        if device.state in (DeviceState.CONNECTING, DeviceState.DISCONNECTED):
+        if device.state in _GONE:
             why = f": {device.code}: {device.message}" if device.code else ""
             raise AgentError(f"{device.name} is {device.state.value}{why}",
                              code="device_not_ready")
@@ -175,11 +178,17 @@ class Diagnostics:
     async def scanner_listen(self, args: dict[str, Any]) -> dict[str, Any]:
         """The next scans (and discarded input, which says why a scan went missing)."""
         if args.get("device") is not None:
-            scanners = {self.find("scanner", args["device"]).name}
+            named = self.find("scanner", args["device"])
+            self.require_connected(named)
+            scanners = {named.name}
         else:
-            scanners = {d.name for d in self.devices.devices.values() if d.kind == "scanner"}
-            if not scanners:
+            every = [d for d in self.devices.devices.values() if d.kind == "scanner"]
+            if not every:
                 self.find("scanner", None)  # raises device_not_found
+            connected = [d for d in every if d.state not in _GONE]
+            if not connected:
+                self.require_connected(every[0])  # raises device_not_ready, says why
+            scanners = {d.name for d in connected}
         count = int(args.get("count", 1))
         scans: list[dict[str, Any]] = []
         discarded: list[dict[str, Any]] = []
@@ -207,7 +216,7 @@ class Diagnostics:
 
     # ------------------------------------------------------------ printer
     async def printer_status(self, args: dict[str, Any]) -> dict[str, Any]:
-        printer = self.find("printer", args.get("device"))
+        printer = self.find("printer", args.get("device"), role="label")
         self.require_connected(printer)
         assert isinstance(printer, Printer)
         status = await printer.query_status()
@@ -222,13 +231,17 @@ class Diagnostics:
 
     async def printer_test(self, args: dict[str, Any]) -> dict[str, Any]:
         """A test label or slip: bench id, printer name, time; through the print queue."""
-        printer = self.find("printer", args.get("device"))
+        printer = self.find("printer", args.get("device"), role="label")
         assert isinstance(printer, Printer)
         now = time.time()
         bench = f"{self.config.bench.site}/{self.config.bench.id}"
         document = test_document(printer.settings, bench, printer.name, now)
         if self.printing is not None:
-            job_id = f"test-{printer.name}-{int(now * 1000)}"
+            # Over MQTT the job id comes from the command id: the same command run again
+            # after a restart is the same job, printed once (the queue knows its id).
+            command_id = current_command_id()
+            job_id = (f"test-{printer.name}-{command_id}" if command_id
+                      else f"test-{printer.name}-{int(now * 1000)}")[:128]
             return await self.printing.submit({"job_id": job_id, "printer": printer.name,
                                                "document": document})
         self.require_connected(printer)  # direct mode: straight to the printer
@@ -302,13 +315,15 @@ class Diagnostics:
     async def config_check(self, _args: dict[str, Any]) -> dict[str, Any]:
         """The daemon's own config file validated again and compared with the running one."""
         path = self.config.source
+        running = summary(self.config)
         try:
             on_disk = await asyncio.to_thread(load_config, path)
         except ConfigError as exc:
             return {"file": str(path), "ok": False, "errors": str(exc).splitlines(),
-                    "differs": True}
+                    "running": running, "differs": True}
         differs = on_disk.model_dump(mode="json") != self.config.model_dump(mode="json")
-        return {"file": str(path), "ok": True, "errors": [], "differs": differs,
+        return {"file": str(path), "ok": True, "errors": [], "running": running,
+                "differs": differs,
                 "note": "the file changed since the agent started: restart it to apply"
                 if differs else "the running config is the file's"}
 

@@ -3,9 +3,12 @@
 For installation day, when the daemon is not running: the CLI builds the bench's devices
 from the config exactly as the daemon does (a :class:`Bus`, a :class:`DeviceManager`),
 runs their drivers for the duration of the check, and runs the same diagnostics commands
-(``agent/diagnostics.py``) through :meth:`CommandRegistry.call_local`. There is no print
-queue, outbox or MQTT link: commands that need them say so. Never used while the daemon
-runs (the CLI checks first): two drivers on one serial port would garble each other.
+(``agent/diagnostics.py``) through :meth:`CommandRegistry.call_local`. Only the devices
+the command needs are opened: the named one, else those of the command's kind (all of
+them for ``devices.list`` and ``selftest``). There is no print queue, outbox or MQTT link:
+commands that need them say so. Never used while the daemon runs (the CLI holds the
+storage lock, ``agent/storage_lock.py``): two drivers on one serial port would garble each
+other.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -25,6 +28,7 @@ from agent.config import Config
 from agent.devices.discovery import discover
 from agent.devices.manager import DeviceManager
 from agent.devices.readings import DeviceState, StateChange
+from agent.devices.settings import DeviceSettingsBase
 
 log = logging.getLogger("agent.direct")
 
@@ -33,6 +37,8 @@ T = TypeVar("T")
 SETTLE_S = 5.0
 """Longest wait for the devices to connect (or fail) before the command runs."""
 _STOP_S = 10.0
+DEVICE_KINDS = ("scale", "scanner", "printer", "camera")
+"""Commands named ``KIND.verb`` need devices of that kind only."""
 
 
 async def _not_reported(_change: StateChange, _status: dict[str, Any]) -> None:
@@ -43,12 +49,15 @@ class DirectBench:
     """The configured devices driven by the CLI, with the diagnostics commands on them.
 
     A context manager: entering starts an event loop in a thread (``bench-direct``),
-    starts every enabled device's driver and waits up to ``settle_s`` until each one is
-    ready or has failed; :meth:`call` runs one command; leaving stops the drivers.
+    starts the drivers of the devices ``command`` needs (:func:`needed_devices`) and waits
+    up to ``settle_s`` until each one is ready or has failed; :meth:`call` runs one
+    command; leaving stops the drivers.
     """
 
-    def __init__(self, config: Config, *, settle_s: float = SETTLE_S) -> None:
+    def __init__(self, config: Config, *, command: str | None = None,
+                 device: str | None = None, settle_s: float = SETTLE_S) -> None:
         self.config = config
+        self.needed = needed_devices(config.devices, command, device)
         self.settle_s = settle_s
         self.registry = CommandRegistry()
         self._loop = asyncio.new_event_loop()
@@ -81,11 +90,11 @@ class DirectBench:
         from agent.diagnostics import Diagnostics  # the commands: imported only when used
 
         bus = Bus()
-        self._devices = DeviceManager(self.config.devices, bus, _not_reported)
+        self._devices = DeviceManager(self.needed, bus, _not_reported)
         Diagnostics(self.config, self._devices, bus, started_at=time.time()).register(
             self.registry)
-        self.registry.register("devices.list", self._devices_list)
-        self.registry.register("devices.discover", self._devices_discover)
+        self.registry.register("devices.list", self._devices_list, local=True)
+        self.registry.register("devices.discover", self._devices_discover, local=True)
         self._running = asyncio.create_task(self._devices.run(), name="direct.devices")
         deadline = time.monotonic() + self.settle_s
         while time.monotonic() < deadline and any(
@@ -125,3 +134,17 @@ class DirectBench:
             self._thread.join(_STOP_S)
         if not self._loop.is_running():
             self._loop.close()
+
+
+def needed_devices(configured: Mapping[str, DeviceSettingsBase], command: str | None,
+                   device: str | None) -> dict[str, DeviceSettingsBase]:
+    """The devices ``command`` uses: ``device`` when it is one of the command's kind, else
+    every device of that kind (the command picks its default among them, or names them
+    when ``device`` is not one); every device for other commands."""
+    kind = (command or "").partition(".")[0]
+    if kind not in DEVICE_KINDS:
+        return dict(configured)
+    if device and (named := configured.get(device)) is not None and named.kind_name == kind:
+        return {device: named}
+    return {name: settings for name, settings in configured.items()
+            if settings.kind_name == kind}

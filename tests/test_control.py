@@ -5,8 +5,11 @@ over MQTT: tests/test_diagnostics.py."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import re
 import socket
@@ -14,7 +17,8 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -26,10 +30,12 @@ import jsonschema
 import pytest
 
 from agent import __version__
-from agent.commands import CommandRegistry
+from agent.cli_daemon import fail
+from agent.commands import CommandRegistry, report_progress
 from agent.config import DiagnosticsConfig
 from agent.control import MAX_REQUEST_BYTES, ControlError, ControlServer, bind_socket
 from agent.control_client import ControlClient, DaemonError
+from agent.storage_lock import StorageLock
 from simulators.broker import Broker
 from simulators.pki import Pki
 from simulators.printer import LabelPrinterSim
@@ -155,9 +161,13 @@ def test_the_socket_answers_json_lines_several_per_connection_and_refuses_bad_re
     assert "scale.read" in unknown["error"]["message"]
     _, bad_args = line.ask("scale.watch", {"seconds": 600})
     assert bad_args["error"]["code"] == "invalid_args"
-    for malformed in (b"hello\n", b"[1, 2]\n", b'{"command": "status.get", "arg": {}}\n'):
+    deep = b'{"command": "status.get", "args": {"a": ' + b"[" * 30000 + b"]" * 30000 + b"}}\n"
+    nested = b'{"command": "scale.read", "args": {"device": ' + b"[" * 40 + b"]" * 40 + b"}}\n"
+    for malformed in (b"hello\n", b"[1, 2]\n", b'{"command": "status.get", "arg": {}}\n',
+                      b'{"command": "agent.version", "args": {"x": NaN}}\n', deep, nested):
         line.send(malformed)
-        assert line.read()["error"]["code"] == "malformed_request"
+        assert line.read()["error"]["code"] == "malformed_request", malformed[:60]
+    assert line.ask("agent.version")[1]["ok"] is True, "the connection stays open"
     # Progress lines, then the final one: a watch of one second.
     rig.bench.scale.set_weight(250.0)
     readings, watched = line.ask("scale.watch", {"seconds": 1})
@@ -302,6 +312,22 @@ def test_the_cli_reads_weighs_listens_prints_and_photographs_through_the_daemon(
     decoded = rig.cli("camera", "decode")
     assert decoded.returncode == 0 and "'4006381333931' (EAN-13" in decoded.stdout
 
+    # A disconnected device: exit 1 with the daemon's reason.
+    def scale_state(client: ControlClient) -> str:
+        states = {d["name"]: d["state"] for d in client.call("devices.list")["devices"]}
+        return str(states["scale"])
+
+    with ControlClient(rig.socket) as client:
+        bench.scale.unplug()
+        wait_until(lambda: scale_state(client) == "disconnected", 10, "the scale unplugged")
+        unplugged = rig.cli("scale", "read", "--json")
+        assert unplugged.returncode == 1, unplugged.stderr
+        assert json.loads(unplugged.stdout)["error"]["code"] == "device_not_ready"
+        assert re.search(r"^bench-agent: device_not_ready: scale is disconnected: \w+: ",
+                         unplugged.stderr), unplugged.stderr
+        bench.scale.replug()
+        wait_until(lambda: scale_state(client) == "ready", 15, "the scale back")
+
 
 def test_without_a_daemon_the_cli_says_so_and_checks_the_hardware_directly(
         tmp_path: Path, pki: Pki) -> None:
@@ -338,8 +364,11 @@ def test_without_a_daemon_the_cli_says_so_and_checks_the_hardware_directly(
         read = cli("scale", "read", "--direct", "--json", "-c", config)
         assert read.returncode == 0, read.stderr
         assert json.loads(read.stdout)["reading"]["grams"] == 812.5
+        assert label.connections == 0, "only the scale is opened to read the scale"
+        asked = len(scale.requests)
         printer = cli("printer", "status", "--direct", "-c", config)
         assert printer.returncode == 1 and "paper_out" in printer.stdout
+        assert label.connections == 1 and len(scale.requests) == asked, "only the printer"
         devices = cli("devices", "--direct", "--json", "-c", config)
         states = {d["name"]: d["state"] for d in json.loads(devices.stdout)["devices"]}
         assert devices.returncode == 1
@@ -349,8 +378,11 @@ def test_without_a_daemon_the_cli_says_so_and_checks_the_hardware_directly(
         label.stop()
 
 
-def test_the_socket_file_is_0600_a_stale_one_is_replaced_and_a_live_one_kept(
-        broker: Broker, agent_factory: Any) -> None:
+def test_one_daemon_per_socket_and_storage_dir_and_a_quiet_stop_with_connections_open(
+        broker: Broker, agent_factory: Any, tmp_path: Path) -> None:
+    """The socket file is 0600, a stale one is replaced, a live one kept; a second daemon
+    on the same storage dir refuses to start, and --direct refuses while the daemon holds
+    it (whatever socket it is given); SIGTERM with connections open ends them quietly."""
     stale = short_socket_path()
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     leftover.bind(str(stale))  # bound, never listening, never unlinked: a killed daemon's
@@ -360,7 +392,9 @@ def test_the_socket_file_is_0600_a_stale_one_is_replaced_and_a_live_one_kept(
     squatter.bind(str(live))
     squatter.listen(1)
     first = agent_factory(broker, diagnostics={"socket": str(stale)}).start()
-    second = agent_factory(broker, diagnostics={"socket": str(live)}).start()
+    second = agent_factory(broker, diagnostics={"socket": str(live)},
+                           storage={"dir": str(tmp_path / "second")}).start()
+    twin = agent_factory(broker).config  # the first's storage dir, a socket of its own
     try:
         wait_until(lambda: "control socket" in first.output()
                    and "listening" in first.output(), 20, "the first agent's socket")
@@ -368,10 +402,36 @@ def test_the_socket_file_is_0600_a_stale_one_is_replaced_and_a_live_one_kept(
         assert "removing the stale control socket" in first.output()
         with ControlClient(stale) as client:
             assert client.call("agent.version")["version"] == __version__
+        assert first.process is not None
+        storage = tmp_path / "state"
+        assert (storage / "agent.lock").read_text() == f"{first.process.pid} daemon\n"
+        direct = cli("devices", "--direct", "--socket", str(tmp_path / "no.sock"),
+                     "-c", str(first.config))
+        assert direct.returncode == 2, direct.stderr
+        assert (f"daemon_running: the bench-agent daemon (pid {first.process.pid}) runs on "
+                f"this bench ({storage}/agent.lock is locked)") in direct.stderr
+        refused = cli("run", "-c", str(twin))
+        assert refused.returncode == 1
+        assert (f"cannot run: the bench-agent daemon (pid {first.process.pid}) runs on "
+                f"{storage} (it holds {storage}/agent.lock); stop it first, or give this "
+                f"daemon its own storage.dir") in refused.stdout
         wait_until(lambda: "another process (a second bench-agent?) is listening on "
                    f"{live}" in second.output(), 20, "the second agent's complaint")
         assert second.process is not None and second.process.poll() is None
+
+        idle, partial = Line(stale), Line(stale)
+        partial.send(b'{"command": "agent.vers')
+        with ControlClient(stale) as client:  # both served (and this one)
+            wait_until(lambda: client.call("status.get")["control"]["connections"] == 3, 5)
         assert first.stop() == 0 and not stale.exists()
+        for line in (idle, partial):
+            assert line.lines.readline() == b"", "closed by the daemon's stop"
+            line.close()
+        log = first.output()
+        assert "connection closed, the daemon is stopping" in log
+        assert "Traceback" not in log and not re.search(r"ERROR\s+asyncio", log), log
+        with StorageLock(storage, "direct", create=False):
+            pass  # released at the daemon's exit
         # No daemon: evidence reads the database itself.
         words = cli("evidence", "SF1", "-c", str(first.config))
         assert words.returncode == 1 and "no evidence for 'SF1'" in words.stderr
@@ -388,37 +448,185 @@ def test_an_unknown_socket_group_is_a_clear_error(tmp_path: Path) -> None:
         bind_socket(tmp_path / "file", None)
 
 
-def test_a_failing_command_is_an_internal_error_and_connections_are_capped() -> None:
-    """In-process server: a handler's crash answers internal_error and the server goes
-    on; a connection beyond the cap is answered busy."""
+def _registry() -> CommandRegistry:
+    """Commands for an in-process server: a crash, a wait, a stream, a 4 MB answer, a
+    flood of progress lines."""
     registry = CommandRegistry()
 
     async def crash(_args: dict[str, Any]) -> dict[str, Any]:
         raise ZeroDivisionError("boom")
 
-    registry.register("crash", crash)
+    async def hold(args: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(args.get("seconds", 0))
+        return {"held_s": args.get("seconds", 0)}
+
+    async def stream(args: dict[str, Any]) -> dict[str, Any]:
+        count = round(args["seconds"] / 0.1)
+        for n in range(count):
+            report_progress({"n": n})
+            await asyncio.sleep(0.1)
+        return {"count": count}
+
+    async def big(_args: dict[str, Any]) -> dict[str, Any]:
+        return {"pad": "x" * (4 << 20)}
+
+    async def flood(_args: dict[str, Any]) -> dict[str, Any]:
+        for _ in range(1000):
+            report_progress({"pad": "x" * 10_000})
+            await asyncio.sleep(0)
+        await asyncio.sleep(30)
+        return {}
+
+    for handler in (crash, hold, stream, big, flood):
+        registry.register(handler.__name__, handler, args_schema={"type": "object"},
+                          local=True)
+    return registry
+
+
+def serve(client_side: Callable[[Path, ControlServer], None], **limits: Any) -> None:
+    """Run ``client_side(socket, server)`` in a thread against an in-process server with
+    ``limits``; then stop the server, which removes its socket."""
     path = short_socket_path()
 
     async def scenario() -> None:
-        server = ControlServer(DiagnosticsConfig(socket=path), registry, max_connections=1)
+        server = ControlServer(DiagnosticsConfig(socket=path), _registry(), **limits)
         serving = asyncio.create_task(server.run())
         while server.state != "listening":
             await asyncio.sleep(0.01)
-
-        def client_side() -> None:
-            with ControlClient(path) as client:
-                for _ in range(2):  # the server goes on after a crash
-                    with pytest.raises(DaemonError) as crashed:
-                        client.call("crash")
-                    assert crashed.value.code == "internal_error"
-                    assert "ZeroDivisionError: boom" in crashed.value.message
-                with ControlClient(path) as other, pytest.raises(DaemonError) as busy:
-                    other.call("crash")
-                assert busy.value.code == "busy"
-
-        await asyncio.to_thread(client_side)
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
+        try:
+            await asyncio.to_thread(client_side, path, server)
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
         assert not path.exists() and server.state == "stopped"
 
     asyncio.run(scenario())
+
+
+def test_a_failing_command_is_an_internal_error_and_connections_are_capped() -> None:
+    """A handler's crash answers internal_error and the server goes on; a connection
+    beyond the cap is answered busy."""
+    def client_side(path: Path, _server: ControlServer) -> None:
+        with ControlClient(path) as client:
+            for _ in range(2):  # the server goes on after a crash
+                with pytest.raises(DaemonError) as crashed:
+                    client.call("crash")
+                assert crashed.value.code == "internal_error"
+                assert "ZeroDivisionError: boom" in crashed.value.message
+            with ControlClient(path) as other, pytest.raises(DaemonError) as busy:
+                other.call("crash")
+            assert busy.value.code == "busy"
+
+    serve(client_side, max_connections=1)
+
+
+def test_a_client_that_sends_without_reading_is_held_back_then_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Requests piped behind a running one are read two ahead: the rest waits in the
+    kernel and the client's writes block (the daemon's memory stays bounded). A client
+    that takes no answer, or leaves 1 MB of progress lines untaken, is dropped."""
+    caplog.set_level(logging.INFO, "agent.control")
+
+    def client_side(path: Path, server: ControlServer) -> None:
+        piped = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        piped.connect(str(path))
+        piped.sendall(b'{"command": "hold", "args": {"seconds": 30}}\n')
+        request = json.dumps({"command": "hold", "args": {"pad": "x" * 1000}}).encode()
+        chunk, sent = (request + b"\n") * 64, 0
+        piped.settimeout(1.0)
+        with contextlib.suppress(TimeoutError):
+            while sent < 32 << 20:
+                piped.sendall(chunk)
+                sent += len(chunk)
+        assert sent < 2 << 20, f"{sent} bytes taken while a command runs"
+        piped.close()  # stops the running hold
+        wait_until(lambda: server.status()["connections"] == 0, 5, "the piped client gone")
+
+        for command in ("big", "flood"):
+            deaf = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            deaf.connect(str(path))
+            deaf.sendall(json.dumps({"command": command}).encode() + b"\n")
+            wait_until(lambda name=command: f"{name} -> " in caplog.text
+                       or f"{name} stopped" in caplog.text, 5, f"{command} run")
+            wait_until(lambda: server.status()["connections"] == 0, 5, f"{command} dropped")
+            deaf.close()
+        assert caplog.text.count("dropped: it took no answer for 0.4 s (or left 1048576 "
+                                 "bytes untaken)") == 2
+        with ControlClient(path) as client:  # the server goes on
+            assert client.call("hold") == {"held_s": 0}
+
+    serve(client_side, drain_timeout_s=0.4)
+
+
+def test_idle_connections_are_closed_and_one_too_many_is_told_to_try_again() -> None:
+    """Two connections of two allowed: a third (the CLI) is busy, exit 4; a streaming
+    command twice as long as the idle timeout runs to its end; then the connection,
+    idle, is closed after the idle timeout."""
+    def client_side(path: Path, server: ControlServer) -> None:
+        first, second = Line(path), Line(path)
+        for line in (first, second):
+            line.send({"command": "hold", "args": {"seconds": 30}})
+        busy = cli("status", "--socket", str(path))
+        assert busy.returncode == 4, busy.stderr
+        assert ("bench-agent: busy: too many technicians connected: the daemon serves 2 "
+                "control connections at once; try again in a minute") in busy.stderr
+        first.close()
+        second.close()  # their holds stop
+        wait_until(lambda: server.status()["connections"] == 0, 5, "both closed")
+        streaming = Line(path)
+        streaming.send({"command": "stream", "args": {"seconds": 1.0}})
+        progress = []
+        while "progress" in (answer := streaming.read()):
+            progress.append(answer["progress"])
+        assert answer == {"ok": True, "result": {"count": 10}} and len(progress) == 10
+        started = time.monotonic()
+        closed = streaming.read()
+        assert closed["error"] == {"code": "idle_timeout",
+                                   "message": "no request for 0.5 s; closing (connect again)"}
+        assert 0.4 < time.monotonic() - started < 2
+        assert streaming.lines.readline() == b"", "closed after idle_timeout"
+        streaming.close()
+        with ControlClient(path) as client:
+            assert client.call("hold") == {"held_s": 0}
+
+    serve(client_side, max_connections=2, idle_timeout_s=0.5)
+
+
+def test_a_daemon_that_does_not_answer_in_time_is_a_timeout_not_a_stopped_daemon(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A hanging daemon is ``timeout`` (exit 1), a line that is not the protocol's is
+    ``bad_answer`` (exit 1): neither is "the daemon is not running" (exit 3)."""
+    as_text = argparse.Namespace(json=False)
+
+    def client_side(path: Path, _server: ControlServer) -> None:
+        with ControlClient(path, timeout_s=0.3) as client, \
+                pytest.raises(DaemonError) as late:
+            client.call("hold", {"seconds": 5})
+        assert late.value.code == "timeout"
+        assert fail(as_text, late.value) == 1
+
+    serve(client_side)
+    assert ("bench-agent: timeout: the daemon did not answer hold within 0.3 s: it runs but "
+            "may hang") in capsys.readouterr().err
+
+    path = short_socket_path()
+    stranger = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stranger.bind(str(path))
+    stranger.listen(1)
+
+    def answer_html() -> None:
+        conn, _ = stranger.accept()
+        conn.recv(1000)
+        conn.sendall(b"<html>\n")
+        conn.close()
+
+    threading.Thread(target=answer_html, daemon=True).start()
+    try:
+        with ControlClient(path, timeout_s=5) as client, pytest.raises(DaemonError) as bad:
+            client.call("status.get")
+    finally:
+        stranger.close()
+    assert bad.value.code == "bad_answer"
+    assert fail(as_text, bad.value) == 1
+    assert ("bad_answer: the daemon's answer to status.get is not a JSON object line: "
+            "b'<html>\\n'") in capsys.readouterr().err

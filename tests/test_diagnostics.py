@@ -6,29 +6,24 @@ socket and the CLI: tests/test_control.py."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+import time
+from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 import cv2
+import jsonschema
 import numpy as np
-import pytest
 
 from agent import __version__
 from simulators.broker import Broker
 from simulators.central import CentralSystem
 from tests.harness import AgentProcess, wait_until
 from tests.test_pack_bench import BENCH, SITE, Bench
-
-
-@pytest.fixture
-def bench(tmp_path: Path) -> Iterator[Bench]:
-    sims = Bench(tmp_path)
-    yield sims
-    sims.close()
 
 
 def ask(central: CentralSystem, name: str, args: dict[str, Any] | None = None,
@@ -44,10 +39,14 @@ def ok(central: CentralSystem, name: str, args: dict[str, Any] | None = None,
     return result
 
 
+REPLY_SCHEMA = json.loads(resources.files("agent.schemas").joinpath("reply.json").read_text())
+
+
 def refused(central: CentralSystem, name: str, args: dict[str, Any] | None = None
             ) -> dict[str, str]:
     reply = ask(central, name, args)
     assert reply["ok"] is False, reply
+    jsonschema.validate(reply, REPLY_SCHEMA)
     error: dict[str, str] = reply["error"]
     return error
 
@@ -202,3 +201,28 @@ def test_the_registered_diagnostics_commands_are_the_ones_config_knows() -> None
 
 async def _no_report(*_args: Any) -> None:
     pass
+
+
+def test_a_disconnected_device_is_not_ready_and_a_resent_test_print_prints_once(
+        broker: Broker, central: CentralSystem, agent_factory: Callable[..., AgentProcess],
+        bench: Bench) -> None:
+    agent = agent_factory(broker, devices=bench.devices(),
+                          jobs={"pack": {"enabled": False}}).start()
+    ready(central, "scale", "label")
+    bench.scale.unplug()
+    central.wait_for(lambda m: m.topic.endswith("/events/device_state")
+                     and m.json["data"]["device"] == "scale"
+                     and m.json["data"]["state"] == "disconnected", 20)
+    error = refused(central, "scale.read")
+    assert error["code"] == "device_not_ready" and "scale is disconnected" in error["message"]
+    check = {c["name"]: c for c in ok(central, "selftest", timeout_s=30)["checks"]}
+    assert check["scale"]["ok"] is False and "disconnected" in check["scale"]["reason"]
+    # The same command id twice (a retry, or a run again after a restart): one label.
+    first = central.request(SITE, BENCH, "printer.test", {}, command_id="tp-1")
+    again = central.request(SITE, BENCH, "printer.test", {}, command_id="tp-1")
+    assert first["result"]["job_id"] == again["result"]["job_id"] == "test-label-tp-1"
+    assert bench.label.wait_for(lambda: len(bench.label.jobs) == 1, 10)
+    time.sleep(0.5)
+    assert len(bench.label.jobs) == 1
+    bench.scale.replug()
+    assert agent.stop() == 0

@@ -124,7 +124,7 @@ def register(commands: CommandChannel, book: OrderBook) -> None:
                       action=True)
     commands.register("order.cancel", handlers.cancel, args_schema=INTERCEPT_SCHEMA,
                       action=True)
-    commands.register("order.get", handlers.get, args_schema=GET_SCHEMA)
+    commands.register("order.get", handlers.get, args_schema=GET_SCHEMA, local=True)
     commands.register("order.answer", handlers.answer, args_schema=ANSWER_SCHEMA, action=True)
 
 

@@ -87,8 +87,8 @@ class PrintService:
         commands.register("print.cancel", self.cancel, args_schema=CANCEL_SCHEMA, action=True)
         commands.register("print.reprint", self.reprint, args_schema=REPRINT_SCHEMA,
                           action=True)
-        commands.register("print.get", self.get, args_schema=GET_SCHEMA)
-        commands.register("print.list", self.list, args_schema=LIST_SCHEMA)
+        commands.register("print.get", self.get, args_schema=GET_SCHEMA, local=True)
+        commands.register("print.list", self.list, args_schema=LIST_SCHEMA, local=True)
 
     @staticmethod
     def now() -> float:
