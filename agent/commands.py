@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -33,7 +35,7 @@ from typing import Any
 import jsonschema
 
 from agent.config import DiagnosticsConfig
-from agent.errors import AgentError, CommandError, OutboxFull
+from agent.errors import AgentError, CommandError, StorageError
 from agent.mqtt import Inbound
 from agent.outbox import Outbox, Priority, iso_time
 from agent.store import Store
@@ -55,6 +57,15 @@ _NOT_STORED = ("too_large", "malformed_json", "invalid_command", "rate_limited")
 
 _progress: ContextVar[Callable[[dict[str, Any]], None] | None] = ContextVar(
     "command_progress", default=None)
+
+
+_current_id: ContextVar[str | None] = ContextVar("command_id", default=None)
+
+
+def current_command_id() -> str | None:
+    """The id of the MQTT command being run (``None`` for a local call): a handler can
+    derive ids from it so a command run again after a restart does the same thing once."""
+    return _current_id.get()
 
 
 def report_progress(item: dict[str, Any]) -> bool:
@@ -80,11 +91,9 @@ class Command:
     args_schema: dict[str, Any]
     action: bool
     diagnostic: bool = False
-
-    @property
-    def local(self) -> bool:
-        """Runnable through the control socket: read-only, or a diagnostics action."""
-        return self.diagnostic or not self.action
+    local: bool = False
+    """Runnable through the control socket (the technician's CLI): the diagnostics and
+    the read-only commands registered with ``local=True``, nothing else."""
 
 
 class _RateLimit:
@@ -126,6 +135,11 @@ def _first_error(validator: jsonschema.Draft202012Validator, instance: Any) -> s
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+    choices = error.validator_value if error.validator == "oneOf" else None
+    if choices and all(isinstance(c, dict) and set(c) == {"required"} for c in choices):
+        # "{...} is not valid under any of the given schemas" would not say which keys.
+        keys = " or ".join(key for choice in choices for key in choice["required"])
+        return f"{where}: give exactly one of {keys}"
     return f"{where}: {error.message}"
 
 
@@ -137,10 +151,12 @@ class CommandRegistry:
         self._commands: dict[str, Command] = {}
 
     def register(self, name: str, handler: Handler, *, args_schema: dict[str, Any] | None = None,
-                 action: bool = False, diagnostic: bool = False) -> None:
-        """Make ``name`` runnable; ``args_schema`` is the JSON Schema of its ``args``."""
+                 action: bool = False, diagnostic: bool = False,
+                 local: bool | None = None) -> None:
+        """Make ``name`` runnable; ``args_schema`` is the JSON Schema of its ``args``.
+        ``local`` (default: ``diagnostic``) also offers it on the control socket."""
         self._commands[name] = Command(name, handler, args_schema or _NO_ARGS, action,
-                                       diagnostic)
+                                       diagnostic, diagnostic if local is None else local)
 
     @property
     def names(self) -> list[str]:
@@ -164,8 +180,9 @@ class CommandRegistry:
             raise CommandError(f"unknown command {name!r}; the control socket runs: "
                                f"{', '.join(self.local_names)}", code="unknown_command")
         if not command.local:
-            raise CommandError(f"{name} changes the bench's work and is only taken from the "
-                               f"central system over MQTT", code="not_local")
+            raise CommandError(f"{name} is for the central system and is only taken over "
+                               f"MQTT; the control socket runs: "
+                               f"{', '.join(self.local_names)}", code="not_local")
         problem = _first_error(_validator(command.args_schema), args)
         if problem is not None:
             raise CommandError(f"args of {name}: {problem}", code="invalid_args")
@@ -219,7 +236,7 @@ class CommandChannel(CommandRegistry):
                 await self._prune()
             try:
                 await self._receive(message)
-            except OutboxFull as exc:
+            except StorageError as exc:  # a full outbox or a full disk
                 log.error("command on %s not answered, left for redelivery: %s", message.topic,
                           exc)
             except Exception:
@@ -267,10 +284,7 @@ class CommandChannel(CommandRegistry):
         if len(message.payload) > self._max_bytes:
             raise CommandError(f"command is {len(message.payload)} bytes; the limit is "
                                f"{self._max_bytes}", code="too_large")
-        try:
-            body = json.loads(message.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CommandError(f"payload is not JSON: {exc}", code="malformed_json") from exc
+        body = read_json(message.payload)
         if isinstance(body, dict) and isinstance(body.get("id"), str):
             request.command_id = body["id"][:128]
         problem = _first_error(self._envelope, body)
@@ -291,7 +305,7 @@ class CommandChannel(CommandRegistry):
             deadlines.append(parse_time(body["expires_at"], "expires_at", "invalid_command"))
         request.expires_at = min(deadlines) if deadlines else None
 
-    def _check(self, request: _Request) -> Command:
+    def _check(self, request: _Request, *, resumed: bool = False) -> Command:
         command = self._commands.get(request.name)
         if command is None:
             raise CommandError(f"unknown command {request.name!r}; this bench runs: "
@@ -301,10 +315,10 @@ class CommandChannel(CommandRegistry):
         if problem is not None:
             raise CommandError(f"args of {request.name}: {problem}", code="invalid_args")
         if command.diagnostic:
-            self._check_remote(command)
+            self._check_remote(command, rate=not resumed)  # resumed: admitted already
         return command
 
-    def _check_remote(self, command: Command) -> None:
+    def _check_remote(self, command: Command, *, rate: bool = True) -> None:
         """``[diagnostics]`` over MQTT: on, allowed, action allowed, within the rate."""
         policy = self.policy
         if not policy.remote:
@@ -317,7 +331,7 @@ class CommandChannel(CommandRegistry):
             raise CommandError(f"{command.name} changes the bench and diagnostics actions "
                                f"over MQTT are off (diagnostics.remote_actions)",
                                code="action_disabled")
-        wait_s = self._rate.take()
+        wait_s = self._rate.take() if rate else 0.0
         if wait_s:
             raise CommandError(f"more than {policy.remote_rate_per_min} diagnostics commands "
                                f"a minute; try again in {wait_s:.1f} s", code="rate_limited")
@@ -329,6 +343,7 @@ class CommandChannel(CommandRegistry):
         task.add_done_callback(self._running.discard)
 
     async def _execute(self, command: Command, request: _Request) -> None:
+        _current_id.set(request.command_id)  # this task's own context
         try:
             _check_expiry(request)
             result = await command.handler(request.args)
@@ -357,7 +372,7 @@ class CommandChannel(CommandRegistry):
             log.info("running command %s (%s) recorded before the last stop", request.name,
                      request.command_id)
             try:
-                command = self._check(request)
+                command = self._check(request, resumed=True)
             except CommandError as exc:
                 await self._send(request, self._reply(request, ok=False, error=exc), store=True)
                 continue
@@ -414,6 +429,57 @@ class CommandChannel(CommandRegistry):
         cutoff = time.time() - self._retention_s
         await self._store.run(lambda db: db.execute(
             "DELETE FROM commands WHERE received_at < ? AND state = 'done'", (cutoff,)))
+
+
+def read_json(payload: bytes) -> Any:
+    """A command's JSON, as strict JSON parsers (the central system's) read it.
+
+    Raises:
+        CommandError: ``malformed_json`` for what is not UTF-8 JSON (``NaN``, a number out
+            of range, a string escaping a lone surrogate) or nests deeper than Python reads.
+    """
+    try:
+        body = json.loads(payload, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError as exc:
+        raise CommandError("payload is not JSON the bench can read: arrays or objects "
+                           "nested too deep", code="malformed_json") from exc
+    except ValueError as exc:  # also UnicodeDecodeError, and integers over 4300 digits
+        raise CommandError(f"payload is not JSON: {exc}", code="malformed_json") from exc
+    if _SURROGATE_ESCAPE.search(payload) and _has_lone_surrogate(body):
+        raise CommandError("payload is not UTF-8 JSON: a string escapes a lone surrogate "
+                           "(\\ud800 to \\udfff without its pair), which is no character",
+                           code="malformed_json")
+    return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _not_a_number(token: str) -> Any:
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of the range of a number")
+    return value
+
+
+def _has_lone_surrogate(body: Any) -> bool:
+    stack = [body]  # not recursive: the body may nest as deep as json.loads allows
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            stack += [*value, *value.values()]
+        elif isinstance(value, list):
+            stack += value
+    return False
 
 
 def parse_time(value: str, what: str, code: str) -> float:

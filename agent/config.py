@@ -3,12 +3,14 @@
 Nothing below :func:`load_config` sees the raw TOML: it gets typed, frozen objects. Any
 wrong type, missing required key or unknown key fails startup with a :class:`ConfigError`
 whose message names the file, the dotted key and what is allowed. Relative paths are
-resolved against the config file's folder. Secrets (the MQTT password) are read from
+resolved against the config file's folder, ``credential:NAME`` against systemd's
+``$CREDENTIALS_DIRECTORY``. Secrets (the MQTT password) are read from
 their own file here and never appear in ``repr`` or logs.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 import tomllib
@@ -103,6 +105,9 @@ class StorageConfig(_Section):
     outbox_max_events: Annotated[int, Field(ge=10)] = 1_000_000
     command_retention_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
     """How long command ids and their replies are kept to answer duplicates."""
+    min_free_mb: Annotated[int, Field(ge=0)] = 1024
+    """Below this free space on the disk of ``dir`` the status carries a ``disk_low``
+    alarm, before anything fails."""
 
 
 class LogConfig(_Section):
@@ -221,6 +226,9 @@ class PackJobConfig(_Section):
     photo_max_age_days: Annotated[float, Field(gt=0)] = 180.0
     photo_quota_mb: Annotated[float, Field(gt=0)] = 4096.0
     record_retention_days: Annotated[float, Field(gt=0)] = 3 * 365.0
+    photo_min_free_mb: Annotated[float, Field(ge=0)] = 512.0
+    """No photo is written when the photo disk has less free space than this: results
+    (a few kB each) keep their room; the status carries a ``photos_refused`` alarm."""
     photo_wait_s: Annotated[float, Field(gt=0, le=60)] = 10.0
     """A parcel's report waits this long for photos still being taken (a photo of the
     closed box as its label is scanned); one not taken by then is recorded with its
@@ -302,7 +310,7 @@ def parse_config(raw: dict[str, Any], *, source: Path) -> Config:
             f"{source}: mqtt.password: unknown key; keep the password in its own file "
             "and name that file with mqtt.password_file"
         )
-    _resolve_paths(raw, source.parent)
+    _resolve_paths(raw, source)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
@@ -327,14 +335,48 @@ _PATH_KEYS = {
 }
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    """Turn the path keys' strings into paths relative to the config file's folder."""
+_CREDENTIAL_KEYS = {key for key in _PATH_KEYS if key[0] == "mqtt"}
+"""The file keys that may name a systemd credential: ``"credential:NAME"``."""
+
+
+def _resolve_paths(raw: dict[str, Any], source: Path) -> None:
+    """Turn the path keys' strings into paths relative to the config file's folder, and
+    ``credential:NAME`` into the file systemd hands over (``LoadCredential=NAME:...``)."""
     for key_path in _PATH_KEYS:
         node: Any = raw
         for key in key_path[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(key_path[-1]), str):
-            node[key_path[-1]] = base / Path(node[key_path[-1]]).expanduser()
+            value = node[key_path[-1]]
+            if value.startswith("credential:"):
+                node[key_path[-1]] = _credential(value, key_path, source)
+            else:
+                node[key_path[-1]] = source.parent / Path(value).expanduser()
+
+
+def _credential(value: str, key_path: tuple[str, ...], source: Path) -> Path:
+    """``$CREDENTIALS_DIRECTORY/NAME``, which systemd fills from the unit's
+    ``LoadCredential=NAME:FILE`` for the service's processes only."""
+    key, name = ".".join(key_path), value.removeprefix("credential:")
+    if key_path not in _CREDENTIAL_KEYS:
+        raise ConfigError(f"{source}: {key}: {value!r}: only "
+                          f"{', '.join(sorted('.'.join(k) for k in _CREDENTIAL_KEYS))} "
+                          f"may name a credential")
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"{source}: {key}: {value!r}: write credential:NAME, NAME being "
+                          f"the credential's file name")
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        raise ConfigError(f"{source}: {key}: {value} needs $CREDENTIALS_DIRECTORY, which "
+                          f"systemd sets for a unit with LoadCredential={name}:FILE; it is "
+                          f"not set (outside the service, as root while it runs: "
+                          f"CREDENTIALS_DIRECTORY=/run/credentials/bench-agent.service)")
+    file = Path(folder) / name
+    if not file.is_file():
+        raise ConfigError(f"{source}: {key}: credential {name!r} is not in "
+                          f"$CREDENTIALS_DIRECTORY ({folder}): the unit needs "
+                          f"LoadCredential={name}:FILE")
+    return file
 
 
 def _check_files(config: Config) -> None:
@@ -420,3 +462,14 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
         else:
             return []
     return [name for name, f in model.model_fields.items() if not f.exclude]
+
+
+def summary(config: Config) -> dict[str, str]:
+    """What a technician checks first, without secrets: bench, broker, storage, devices."""
+    return {
+        "bench": f"{config.bench.site}/{config.bench.id}",
+        "broker": f"{config.mqtt.host}:{config.mqtt.port} (TLS"
+                  f"{', client certificate' if config.mqtt.tls.cert_file else ''})",
+        "storage": str(config.storage.dir),
+        "devices": ", ".join(f"{n} ({d.kind})" for n, d in config.devices.items()) or "none",
+    }

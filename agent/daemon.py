@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import sqlite3
 import time
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 from agent import __version__
 from agent.bus import Bus
+from agent.clock import ClockWatch
 from agent.commands import CommandChannel
 from agent.config import Config
 from agent.control import ControlServer
@@ -36,6 +38,7 @@ from agent.jobs.pack_service import PackService
 from agent.jobs.print_service import PrintService
 from agent.mqtt import Inbound, MqttLink
 from agent.outbox import Outbox, dumps, iso_time
+from agent.storage_lock import StorageLock
 from agent.store import Store, meta_add, meta_get
 from agent.systemd import Notifier
 from agent.tasks import set_prefix, spawn, task_name
@@ -91,7 +94,10 @@ class Daemon:
         self.printing = PrintService(config.jobs.print, self.devices, self.store, self.outbox,
                                      self.commands)
         self.services.insert(1, self.printing)
-        self.orders = OrderBook(config.jobs.orders, self.store, self.outbox, self.link)
+        self.clock = ClockWatch()
+        self.services.append(self.clock)
+        self.orders = OrderBook(config.jobs.orders, self.store, self.outbox, self.link,
+                                self.clock)
         order_commands.register(self.commands, self.orders)
         self.services.insert(2, self.orders)
         if config.jobs.pack.enabled:
@@ -99,14 +105,15 @@ class Daemon:
                 config.jobs.pack, storage_dir=config.storage.dir, devices=self.devices,
                 bus=self.bus, orders=self.orders, printing=self.printing, store=self.store,
                 outbox=self.outbox, link=self.link, topics=self.topics,
-                commands=self.commands)
+                commands=self.commands, clock=self.clock)
             self.services.insert(3, self.packing)
         else:
             self.packing = None
         self.commands.register("state.resend", self._cmd_state_resend)
-        self.commands.register("status.get", self._cmd_status_get)
-        self.commands.register("devices.list", self._cmd_devices_list)
-        self.commands.register("devices.discover", self._cmd_devices_discover)
+        self.commands.register("status.get", self._cmd_status_get, local=True)
+        self.commands.register("devices.list", self._cmd_devices_list, local=True)
+        self.commands.register("devices.discover", self._cmd_devices_discover,
+                               local=True)
         self.diagnostics = Diagnostics(config, self.devices, self.bus, printing=self.printing,
                                        outbox=self.outbox, link=self.link, topics=self.topics)
         self.diagnostics.register(self.commands)
@@ -118,10 +125,19 @@ class Daemon:
         self.started_at = time.time()
         self.session = 0
         self._stop = asyncio.Event()
+        self._disk_low_since: float | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT; return the process exit code."""
+        """Run until SIGTERM/SIGINT; return the process exit code.
+
+        Raises:
+            StorageLocked: another bench-agent runs on ``storage.dir`` (its lock file).
+        """
+        with StorageLock(self.config.storage.dir, "daemon"):
+            return await self._run()
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
@@ -234,9 +250,27 @@ class Daemon:
             "commands": self.commands.names,
             "link": self.link.status(),
             "outbox": await self.outbox.stats(),
-            "alarms": self.outbox.alarms(),
+            "alarms": self.alarms(),
             "control": self.control.status(),
         }
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Every active alarm: outbox, store, disk space, packing job."""
+        found = [*self.outbox.alarms(), *self.store.alarms(), *self.clock.alarms()]
+        try:
+            free = shutil.disk_usage(self.config.storage.dir).free
+        except OSError:
+            free = None
+        low = free is not None and free < self.config.storage.min_free_mb * (1 << 20)
+        self._disk_low_since = (self._disk_low_since or time.time()) if low else None
+        if free is not None and self._disk_low_since is not None:
+            found.append({"code": "disk_low", "since": iso_time(self._disk_low_since),
+                          "message": f"{free / (1 << 20):.0f} MB free on the disk of "
+                                     f"{self.config.storage.dir} (alarm below "
+                                     f"{self.config.storage.min_free_mb} MB)"})
+        if self.packing is not None:
+            found += self.packing.alarms()
+        return found
 
     async def publish_status(self) -> None:
         self.link.publish_status(dumps(await self.status_snapshot()))

@@ -29,13 +29,14 @@ from typing import Any, Protocol
 
 import uuid6
 
-from agent.errors import OutboxFull
+from agent.errors import OutboxFull, StorageError
 from agent.store import Store, Transaction, meta_add, meta_get
 from agent.tasks import spawn
 
 log = logging.getLogger("agent.outbox")
 
 _DELETE_GATHER_S = 0.02
+_DELETE_RETRY_S = 1.0
 """How long acknowledged events wait to be deleted together in one transaction."""
 
 _CLEAR_ALARM_FRACTION = 0.8
@@ -387,7 +388,16 @@ class Outbox:
     async def _delete_acked(self) -> None:
         await asyncio.sleep(_DELETE_GATHER_S)  # let a burst of PUBACKs share one transaction
         seqs, self._acked = self._acked, []
-        await self._store.run(self._delete, seqs)
+        try:
+            await self._store.run(self._delete, seqs)
+        except StorageError as exc:
+            # A full disk refuses even a delete (the WAL must grow): keep the acknowledged
+            # events in memory and try again; meanwhile they are not sent twice.
+            log.error("could not delete %d acknowledged events, retrying: %s", len(seqs), exc)
+            await asyncio.sleep(_DELETE_RETRY_S)
+            self._acked[:0] = seqs
+            spawn(self._delete_acked(), name="outbox.delete")
+            return
         self._update_alarm()
 
     def _delete(self, db: sqlite3.Connection, seqs: list[int]) -> None:

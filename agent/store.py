@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +29,8 @@ log = logging.getLogger("agent.store")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 2
+_FULL_ALARM_S = 60.0
+"""The disk_full alarm stays this long after the last write the full disk refused."""
 
 _MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
     2: (("print_jobs", "waybill", "TEXT"),),
@@ -103,6 +107,11 @@ CREATE TABLE IF NOT EXISTS evidence_keys (
     evidence_id TEXT NOT NULL REFERENCES evidence (id) ON DELETE CASCADE,
     PRIMARY KEY (key, evidence_id)
 );
+CREATE TABLE IF NOT EXISTS pending_results (
+    evidence_id TEXT PRIMARY KEY,           -- a finished parcel whose pack.result is not
+    body TEXT NOT NULL,                     -- stored yet: written before the packer sees
+    created_at REAL NOT NULL                -- "complete", deleted with the event's insert
+);
 CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT PRIMARY KEY,
     merge_id TEXT,                          -- orders sharing it are one parcel
@@ -133,6 +142,10 @@ class Store:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-store")
         self._db: sqlite3.Connection | None = None
+        self.full_at: float | None = None
+        """When a write last failed because the disk (or the database) was full."""
+        self.set_aside: dict[str, Any] | None = None
+        """The corrupt database this run started without: ``{file, reason, at}``."""
 
     async def open(self) -> None:
         await self.run(lambda _db: None, _opening=True)
@@ -150,15 +163,69 @@ class Store:
         try:
             return fn(self._db, *args)
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                self.full_at = time.time()
             raise StorageError(f"{self.path}: {exc}") from exc
 
+    def alarms(self) -> list[dict[str, Any]]:
+        """Alarms in the status message's format: a full disk (a write failed in the last
+        minute), a corrupt database set aside at start."""
+        from agent.outbox import iso_time  # the outbox imports the store
+
+        found = []
+        if self.full_at is not None and time.time() - self.full_at < _FULL_ALARM_S:
+            found.append({"code": "disk_full", "since": iso_time(self.full_at),
+                          "message": f"the disk of {self.path} is full: results wait in "
+                                     f"memory until there is room"})
+        if self.set_aside is not None:
+            found.append({"code": "store_reset", "since": iso_time(self.set_aside["at"]),
+                          "message": f"the database was unreadable ({self.set_aside['reason']})"
+                                     f" and was set aside as {self.set_aside['file']}; the "
+                                     f"agent started with an empty one: events not sent "
+                                     f"before and older evidence are in that file"})
+        return found
+
     def _connect(self) -> sqlite3.Connection:
+        try:
+            return self._open_db()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked, I/O, permissions: not
+                raise StorageError(                        # corruption; nothing is moved
+                    f"{self.path}: cannot open the agent database: {exc}") from exc
+            aside = self._put_aside(str(exc))
+        try:
+            db = self._open_db()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{self.path}: cannot open a new agent database after "
+                               f"setting the corrupt one aside as {aside}: {exc}") from exc
+        return db
+
+    def _put_aside(self, reason: str) -> Path:
+        """Move a corrupt database (and its WAL) out of the way, loudly."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.rename(Path(f"{aside}{suffix}"))
+        self.set_aside = {"file": str(aside), "reason": reason, "at": time.time()}
+        log.critical("the agent database %s is corrupt (%s): set aside as %s; starting with an "
+                     "empty database", self.path, reason, aside)
+        return aside
+
+    def _open_db(self) -> sqlite3.Connection:
+        """Open, check and bring the schema up to date. Raises ``sqlite3.DatabaseError``
+        (not ``OperationalError``) when the file is not a sound database."""
+        db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError(f"integrity check: {'; '.join(problems)}")
             db.executescript(_SCHEMA)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -170,8 +237,15 @@ class Store:
                     f"{self.path}: database schema {version} is newer than this agent "
                     f"understands ({SCHEMA_VERSION})"
                 )
-        except (sqlite3.Error, OSError) as exc:
-            raise StorageError(f"{self.path}: cannot open the agent database: {exc}") from exc
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, sqlite3.DatabaseError | StorageError):
+                raise
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise StorageError(f"{self.path}: cannot open the agent database: {exc}") \
+                    from exc
+            raise
         log.info("store %s open (WAL, synchronous=FULL)", self.path)
         return db
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what bench-agent needs, idempotently: Debian packages (mosquitto, a Python
-# 3.11+ with venv, libzbar0 for pyzbar, a C compiler and headers for evdev's extension)
-# via apt-get when missing, then the virtualenv .venv with the project
+# Installs what bench-agent needs, idempotently: Debian packages (mosquitto, systemd's
+# tools, a Python 3.11+ with venv, libzbar0 for pyzbar, a C compiler and headers for
+# evdev's extension) via apt-get when missing, then the virtualenv .venv with the project
 # and its dev tools. Safe to run again; it does nothing when all is in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,11 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_packages=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || apt_packages+=(mosquitto-clients)
+# tests/test_systemd.py checks systemd/ with systemd's own tools (systemd-analyze,
+# systemd-sysusers, its udev rules) and libseccomp, which come with the package.
+command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
+# tests/test_faults.py moves the agent's wall clock with libfaketime (LD_PRELOAD).
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || apt_packages+=(libfaketime)
 
 python=""
 for candidate in python3.13 python3.12 python3.11 python3; do

@@ -3,6 +3,9 @@
 ``Broker`` writes a mosquitto config into its own folder, starts ``mosquitto`` on a free
 loopback port and can be stopped, killed and restarted on the same port (with its
 persistence file, so sessions and queued messages survive like on a real broker).
+With ``site_config`` it runs a site's mosquitto config instead (the example in
+``config/mosquitto/``): every setting as written, only its listener moved to the free
+port and its files swapped for the test's (CA, broker certificate, ACL, CRL, folder).
 Run ``python -m simulators.broker DIR`` to keep one running in the foreground.
 """
 
@@ -43,8 +46,16 @@ class Broker:
     persistence: bool = True
     extra: str = ""
     process: subprocess.Popen[bytes] | None = None
+    site_config: Path | None = None
+    """A site's mosquitto.conf to run as it is (see the module's docstring)."""
+    acl_file: Path | None = None
+    """The ACL file standing in for the site config's ``acl_file``."""
+    crl_file: Path | None = None
+    """A CRL for the listener (``crlfile``), also when the site config has it commented out."""
 
     def config_text(self) -> str:
+        if self.site_config is not None:
+            return self._site_config_text(self.site_config)
         lines = [
             f"listener {self.port} 127.0.0.1",
             f"cafile {self.pki.ca}",
@@ -75,6 +86,42 @@ class Broker:
             lines += ["persistence true", f"persistence_location {self.directory}/",
                       "autosave_interval 1"]
         return "\n".join(lines) + "\n" + self.extra
+
+    def _site_config_text(self, site_config: Path) -> str:
+        swapped = {"cafile": self.pki.ca, "certfile": self.pki.server.cert,
+                   "keyfile": self.pki.server.key, "acl_file": self.acl_file,
+                   "crlfile": self.crl_file, "persistence_location": f"{self.directory}/"}
+        lines: list[str] = []
+        listeners = 0
+        for line in site_config.read_text().splitlines():
+            key = line.split(maxsplit=1)[0] if line.strip() else "#"
+            if key.startswith("#") or key in ("log_dest", "pid_file", "user"):
+                continue
+            if key == "listener":
+                listeners += 1
+                lines.append(f"listener {self.port} 127.0.0.1")
+            elif key in swapped:
+                if swapped[key] is None:
+                    raise ValueError(f"{site_config}: {key}: give the broker a stand-in")
+                lines.append(f"{key} {swapped.pop(key)}")
+            elif key in ("include_dir", "password_file", "capath", "psk_file", "plugin",
+                         "auth_plugin"):
+                raise ValueError(f"{site_config}: {key}: no stand-in for this file here")
+            else:
+                lines.append(line.strip())
+        if listeners != 1:
+            raise ValueError(f"{site_config}: {listeners} listeners; the test broker runs one")
+        if swapped.get("crlfile") is not None:  # commented out in the example
+            lines.append(f"crlfile {swapped['crlfile']}")  # applies to the listener above
+        lines.append("log_dest stdout")
+        if os.geteuid() == 0:
+            lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+        return "\n".join(lines) + "\n" + self.extra
+
+    def reload(self) -> None:
+        """SIGHUP, as ``systemctl reload``: mosquitto re-reads its ACL, password and CRL files."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
 
     def start(self, timeout_s: float = 10.0) -> Broker:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

@@ -31,6 +31,11 @@ class Pki:
     server: CertPair
     clients: dict[str, CertPair]
 
+    @property
+    def ca_key(self) -> Path:
+        """The CA's private key (``ca-key.pem`` next to ``ca.crt``), to issue more."""
+        return self.ca.parent / "ca-key.pem"
+
 
 def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
@@ -100,6 +105,18 @@ def make_pki(directory: Path, clients: tuple[str, ...] = ("bench",),
         pairs[client] = CertPair(directory / f"{client}.crt", directory / f"{client}.key")
     return Pki(directory / "ca.crt", CertPair(directory / "server.crt", directory / "server.key"),
                pairs)
+
+
+def issue_client(pki: Pki, common_name: str) -> CertPair:
+    """One more client certificate from ``pki``'s CA, with ``common_name`` as its CN,
+    written as ``CN.crt``/``CN.key`` next to the CA (a CN may hold dots: ``sh01.b07``)."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    client_key = _key()
+    stem = pki.ca.parent / f"{common_name}.pem"  # _write swaps the ".pem" for its suffixes
+    _write(stem, _issue(common_name, client_key, ca_cert.subject, ca_key), client_key)
+    return CertPair(stem.with_suffix(".crt"), stem.with_suffix(".key"))
 
 
 def ensure_pki(directory: Path, clients: tuple[str, ...] = ("bench",)) -> Pki:

@@ -12,6 +12,7 @@ from simulators.broker import Broker
 from simulators.central import CentralSystem
 from simulators.pki import Pki, make_pki
 from tests.harness import AgentProcess, bench_config, write_toml
+from tests.test_pack_bench import Bench
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +85,12 @@ def agent_factory(tmp_path: Path, pki: Pki) -> Iterator[Callable[..., AgentProce
         if agent.process is not None and agent.process.poll() is None:
             agent.process.kill()
             agent.process.wait(10)
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    """A simulated packing bench (tests.test_pack_bench.Bench): scanner and scale on
+    ptys, printers on TCP, a camera on image files, a relay stack light."""
+    sims = Bench(tmp_path)
+    yield sims
+    sims.close()

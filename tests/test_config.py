@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,71 @@ def test_the_example_config_documents_valid_job_settings() -> None:
     jobs = JobsConfig.model_validate(raw["jobs"])
     assert jobs.print.uncertain_policy == "ask" and jobs.pack.scanner_role == "items"
     assert jobs.pack.flow.badge_prefix == "EMP-" and jobs.orders.lookup_timeout_s == 5.0
+
+
+def _credentials(tmp_path: Path, pki: Pki) -> Path:
+    """What systemd's LoadCredential= leaves in $CREDENTIALS_DIRECTORY for the unit."""
+    folder = tmp_path / "credentials"
+    folder.mkdir()
+    (folder / "bench.key").write_bytes(pki.clients["bench"].key.read_bytes())
+    (folder / "mqtt-password").write_text("cr3d-pw\n")
+    return folder
+
+
+def test_file_keys_may_name_the_credentials_systemd_hands_over(
+        tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``credential:NAME`` is read from $CREDENTIALS_DIRECTORY (the unit's LoadCredential=)."""
+    folder = _credentials(tmp_path, pki)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(folder))
+    tls = {"ca_file": str(pki.ca), "cert_file": str(pki.clients["bench"].cert),
+           "key_file": "credential:bench.key"}
+    config = load_config(_write(tmp_path, pki, mqtt={
+        "username": "bench", "password_file": "credential:mqtt-password", "tls": tls}))
+    assert config.mqtt.tls.key_file == folder / "bench.key"
+    assert config.mqtt.password is not None
+    assert config.mqtt.password.get_secret_value() == "cr3d-pw"
+    assert config.mqtt.tls.ca_file == pki.ca
+
+
+def test_a_credential_that_is_not_there_is_a_config_error_naming_the_unit_setting(
+        tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _credentials(tmp_path, pki)
+    tls = {"ca_file": str(pki.ca), "cert_file": str(pki.clients["bench"].cert),
+           "key_file": "credential:bench.key"}
+    path = _write(tmp_path, pki, mqtt={"tls": tls})
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert _error(path) == (
+        f"{path}: mqtt.tls.key_file: credential:bench.key needs $CREDENTIALS_DIRECTORY, "
+        "which systemd sets for a unit with LoadCredential=bench.key:FILE; it is not set "
+        "(outside the service, as root while it runs: "
+        "CREDENTIALS_DIRECTORY=/run/credentials/bench-agent.service)")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(folder))
+    (folder / "bench.key").unlink()
+    assert _error(path) == (
+        f"{path}: mqtt.tls.key_file: credential 'bench.key' is not in "
+        f"$CREDENTIALS_DIRECTORY ({folder}): the unit needs LoadCredential=bench.key:FILE")
+    traversal = _write(tmp_path, pki, mqtt={"tls": {**tls, "key_file": "credential:../x"}})
+    assert "mqtt.tls.key_file: 'credential:../x': write credential:NAME" in _error(traversal)
+    storage = _write(tmp_path, pki, storage={"dir": "credential:state"})
+    assert "storage.dir: 'credential:state': only mqtt.password_file, mqtt.tls.ca_file, " \
+        "mqtt.tls.cert_file, mqtt.tls.key_file may name a credential" in _error(storage)
+
+
+def test_check_config_outside_the_unit_says_which_credential_it_cannot_see(
+        tmp_path: Path, pki: Pki) -> None:
+    """An installer's check-config exits 2 naming the key; in the unit's environment, 0."""
+    folder = _credentials(tmp_path, pki)
+    tls = {"ca_file": str(pki.ca), "cert_file": str(pki.clients["bench"].cert),
+           "key_file": "credential:bench.key"}
+    path = _write(tmp_path, pki, mqtt={"tls": tls})
+    run = [sys.executable, "-m", "agent.cli", "check-config", "--json", "-c", str(path)]
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    outside = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert outside.returncode == 2
+    [error] = json.loads(outside.stdout)["errors"]
+    assert error.startswith(f"{path}: mqtt.tls.key_file: credential:bench.key needs "
+                            "$CREDENTIALS_DIRECTORY")
+    inside = subprocess.run(run, cwd=ROOT, capture_output=True, text=True,
+                            env={**env, "CREDENTIALS_DIRECTORY": str(folder)})
+    assert inside.returncode == 0, inside.stdout + inside.stderr
+    assert json.loads(inside.stdout)["broker"] == "localhost:8883 (TLS, client certificate)"

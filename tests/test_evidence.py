@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -71,6 +72,18 @@ def test_photo_paths_stay_inside_the_photo_folder(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+async def aged_photos(evidence: EvidenceStore, now: float) -> list[Path]:
+    """Four 800-byte photos taken 40, 10, 5 and 1 days before ``now``."""
+    paths = []
+    for n, age_days in enumerate((40, 10, 5, 1)):
+        at = now - age_days * 86400
+        path = await evidence.write_photo(evidence.photo_path(f"e{n}", "open", at),
+                                          b"x" * 800)
+        os.utime(path, (at, at))
+        paths.append(path)
+    return paths
+
+
 def test_retention_removes_old_photos_then_the_oldest_over_quota_then_old_records(
         tmp_path: Path) -> None:
     limits = EvidenceLimits(photo_max_age_days=30, photo_quota_mb=0.002,  # about 2 kB
@@ -78,13 +91,7 @@ def test_retention_removes_old_photos_then_the_oldest_over_quota_then_old_record
 
     async def body(evidence: EvidenceStore) -> None:
         now = time.time()
-        paths = []
-        for n, age_days in enumerate((40, 10, 5, 1)):
-            at = now - age_days * 86400
-            path = await evidence.write_photo(evidence.photo_path(f"e{n}", "open", at),
-                                              b"x" * 800)
-            os.utime(path, (at, at))
-            paths.append(path)
+        paths = await aged_photos(evidence, now)
         kept = await evidence.save(record(["SO-9"], "SF9"))
         gone = await evidence.prune(now)
         # 40 days: too old; then 3 x 800 B > 2 kB: the oldest of the rest goes too.
@@ -110,3 +117,35 @@ def test_a_link_planted_in_the_photo_folder_is_never_followed(tmp_path: Path) ->
 
     run(tmp_path, body, EvidenceLimits(photo_max_age_days=0, photo_quota_mb=0))
     assert (outside / "keep.jpg").read_bytes() == b"keep"
+
+
+def test_after_a_forward_clock_jump_only_the_quota_removes_photos(tmp_path: Path) -> None:
+    limits = EvidenceLimits(photo_max_age_days=30, photo_quota_mb=0.002,
+                            record_retention_days=365)
+
+    async def body(evidence: EvidenceStore) -> None:
+        now = time.time()
+        paths = await aged_photos(evidence, now)
+        await evidence.save(record(["SO-9"], "SF9"))
+        # "Now" is years ahead: by age everything would go; by quota only the oldest.
+        gone = await evidence.prune(now + 5 * 365 * 86400, by_age=False)
+        assert gone == {"photos": 2, "bytes": 1600, "records": 0}
+        assert [p.exists() for p in paths] == [False, False, True, True]
+        assert [r["waybill"] for r in await evidence.find("SF9")] == ["SF9"]
+
+    run(tmp_path, body, limits)
+
+
+def test_photos_stop_before_the_disk_is_full_so_results_keep_their_room(
+        tmp_path: Path) -> None:
+    free_mb = shutil.disk_usage(tmp_path).free / (1 << 20)
+
+    async def body(evidence: EvidenceStore) -> None:
+        with pytest.raises(AgentError) as refused:
+            await evidence.write_photo(evidence.photo_path("e1", "open"), b"x" * 800)
+        assert refused.value.code == "disk_full"
+        assert "photo_min_free_mb" in refused.value.message
+        assert list(evidence.photo_dir.rglob("*.jpg")) == []
+        assert await evidence.save(record(["SO-9"], "SF9"))  # a result still goes in
+
+    run(tmp_path, body, EvidenceLimits(photo_min_free_mb=free_mb + 100))

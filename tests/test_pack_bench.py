@@ -7,7 +7,7 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,6 @@ class Bench:
         self.label.stop()
         self.slip.stop()
         self.light.close()
-
-
-@pytest.fixture
-def bench(tmp_path: Path) -> Iterator[Bench]:
-    sims = Bench(tmp_path)
-    yield sims
-    sims.close()
 
 
 def order() -> dict[str, Any]:

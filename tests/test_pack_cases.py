@@ -10,7 +10,7 @@ effect before the next scan (a scan during ``looking_up`` is refused by design).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,6 @@ RESULT = f"{PREFIX}/events/pack.result"
 GS = "\x1d"
 PEACH = "6901234567892"  # the 2-unit line of order() SO-1, 500 g each
 View = dict[str, Any]
-
-
-@pytest.fixture
-def bench(tmp_path: Path) -> Iterator[Bench]:
-    sims = Bench(tmp_path)
-    yield sims
-    sims.close()
 
 
 # ---------------------------------------------------------------- helpers

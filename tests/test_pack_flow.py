@@ -12,6 +12,7 @@ from agent.devices.readings import Scan, WeightCondition, WeightReading
 from agent.jobs.orders import Order
 from agent.jobs.pack_events import (
     Action,
+    ClockJumped,
     LabelsReady,
     LookupOrder,
     OrderFound,
@@ -791,3 +792,20 @@ def test_a_late_photo_of_an_abandoned_parcel_is_not_filed_under_the_next() -> No
     assert bench.flow._session().photos[new.moment] == {"state": "pending"}
     bench.send(PhotoTaken, new.moment, "new.jpg", parcel=new.parcel)
     assert bench.flow._session().photos[new.moment]["path"] == "new.jpg"
+
+
+def test_a_wall_clock_jump_abandons_nothing_and_logs_nobody_out() -> None:
+    bench = Bench(PackConfig(abandon_after_s=600, logout_after_s=900))
+    bench.open()
+    bench.scan("MUG-RED")
+    bench.t += 7200  # NTP steps the clock two hours ahead
+    assert bench.send(ClockJumped, 7200.0) == []
+    assert bench.tick(60) == [] and bench.snap["state"] == "packing"
+    out = bench.tick(600)  # a real 10 minutes without a scan still counts
+    assert isinstance(out[1], ReportResult)
+    assert out[1].evidence["reason"] == "nothing happened for 10 min while packing"
+    bench.t -= 86400  # and back a day: the packer stays logged in until really idle
+    bench.send(ClockJumped, -86400.0)
+    assert bench.tick(800) == [] and bench.snap["packer"] == "EMP-042"
+    bench.tick(200)
+    assert bench.snap["state"] == "logged_out"

@@ -49,8 +49,8 @@ def events(tmp: Path, kind: str) -> list[dict[str, Any]]:
         return [json.loads(row[0]) for row in rows]
 
 
-async def service(tmp: Path, max_events: int = 1000) -> tuple[Store, Outbox, OrderBook,
-                                                               PackService]:
+async def service(tmp: Path, max_events: int = 1000, *, push: bool = True
+                  ) -> tuple[Store, Outbox, OrderBook, PackService]:
     store = Store(tmp / "agent.db")
     await store.open()
     outbox = Outbox(store, site="s", bench="b", event_topic=lambda kind: kind,
@@ -65,7 +65,8 @@ async def service(tmp: Path, max_events: int = 1000) -> tuple[Store, Outbox, Ord
                        link=None, topics=Topics("r", "s", "b"),  # type: ignore[arg-type]
                        commands=_Commands())  # type: ignore[arg-type]
     await pack.evidence.open()
-    await book.push([make_order()])
+    if push:
+        await book.push([make_order()])
     return store, outbox, book, pack
 
 
@@ -158,6 +159,52 @@ def test_orders_count_as_packed_while_the_report_waits_for_a_photo_even_one_that
         parcel = await book.get("SO-1001")
         assert parcel is not None and parcel.records[0].state.value == "packed"
         assert pack._reporting_orders == set()
+        await store.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_parcel_finished_just_before_a_crash_is_reported_at_the_next_start(
+        tmp_path: Path) -> None:
+    """The record is on disk before the packer sees "complete": killed while its report
+    waits (for a photo here), the agent reports it when it starts again, with the photo
+    written meanwhile, once."""
+    from agent.jobs.pack_events import ReportResult, TakePhoto
+
+    async def main() -> None:
+        store, _outbox, book, pack = await service(tmp_path)
+
+        async def stuck_camera(*_args: Any) -> Any:
+            await asyncio.sleep(3600)
+
+        pack.photos._photo = stuck_camera  # type: ignore[method-assign]
+        await pack._carry_out(TakePhoto("closed", 1))
+        record = {**evidence(), "photos": [{"moment": "closed", "path": None, "at": None,
+                                            "error": "no answer from the camera"}]}
+        await pack._carry_out(ReportResult(record))
+        with sqlite3.connect(tmp_path / "agent.db") as db:
+            [(evidence_id,)] = db.execute("SELECT evidence_id FROM pending_results").fetchall()
+        assert events(tmp_path, "pack.result") == []
+        for task in pack._reports | {t for ts in pack.photos._tasks.values() for t in ts}:
+            task.cancel()  # kill -9: nothing more happens in this process
+        await store.close()
+        # The camera had written the file before the power went.
+        photo = pack.evidence.photo_path(evidence_id, "closed")
+        photo.parent.mkdir(parents=True, exist_ok=True)
+        photo.write_bytes(b"\xff\xd8jpeg")
+
+        store, _outbox, book, pack = await service(tmp_path, push=False)
+        await pack._resume_reports()
+        await asyncio.wait_for(asyncio.gather(*pack._reports), 5)
+        [result] = events(tmp_path, "pack.result")
+        assert result["evidence_id"] == evidence_id and result["verdict"] == "pass"
+        assert result["photos"][0]["path"].endswith(f"{evidence_id}-closed.jpg")
+        parcel = await book.get("SO-1001")
+        assert parcel is not None and parcel.records[0].state.value == "packed"
+        with sqlite3.connect(tmp_path / "agent.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM pending_results").fetchone() == (0,)
+        await pack._resume_reports()  # a second start reports nothing again
+        assert len(events(tmp_path, "pack.result")) == 1
         await store.close()
 
     asyncio.run(asyncio.wait_for(main(), 20))

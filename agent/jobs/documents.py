@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -307,14 +307,14 @@ def _render_raw(fmt: str, data: bytes, copies: int, limits: Limits) -> Rendered:
     labels: int | None
     if fmt == "zpl":
         check_zpl(data)
-        labels = zpl.labels_in(data)
+        labels = _count(zpl.labels_in, fmt, data)
     elif fmt == "tspl":
-        labels = tspl.labels_in(data)
+        labels = _count(tspl.labels_in, fmt, data)
         if not labels:
             raise DocumentError("TSPL document prints nothing: it has no PRINT m[,n] line "
                                 "with m, n >= 1")
     elif fmt == "epl":
-        labels = epl.labels_in(data)
+        labels = _count(epl.labels_in, fmt, data)
         if not labels:
             raise DocumentError("EPL document prints nothing: it has no P<n>[,<n>] line "
                                 "with n >= 1 (the print command, on a line of its own)")
@@ -327,6 +327,13 @@ def _render_raw(fmt: str, data: bytes, copies: int, limits: Limits) -> Rendered:
     return Rendered(data=job, labels=None if labels is None else labels * copies, pages=1,
                     summary=f"{fmt}, {plural(len(data), 'byte')}{counted} -> as sent, "
                             f"{plural(copies, 'copy', 'copies')}")
+
+
+def _count(labels_in: Callable[[bytes], int], fmt: str, data: bytes) -> int:
+    try:
+        return labels_in(data)
+    except ValueError as exc:  # a quantity no printer takes
+        raise DocumentError(f"{LANGUAGE_NAMES[fmt]} document: {exc}") from exc
 
 
 def check_zpl(data: bytes) -> None:

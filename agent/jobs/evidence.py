@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 import uuid6
 
 from agent.errors import AgentError, StorageError
+from agent.outbox import iso_time
 from agent.store import Store
 
 log = logging.getLogger("agent.jobs.evidence")
@@ -46,6 +48,8 @@ class EvidenceLimits:
     photo_max_age_days: float = 180.0
     photo_quota_mb: float = 4096.0
     record_retention_days: float = 3 * 365.0
+    photo_min_free_mb: float = 512.0
+    """No photo is written when its disk has less free: the results keep their room."""
 
 
 def new_evidence_id() -> str:
@@ -73,6 +77,26 @@ def insert_record(db: sqlite3.Connection, evidence_id: str, record: dict[str, An
                 time.time(), json.dumps(record, ensure_ascii=False)))
     db.executemany("INSERT OR IGNORE INTO evidence_keys (key, evidence_id) VALUES (?, ?)",
                    [(key, evidence_id) for key in sorted(keys_of(record))])
+
+
+def journal(db: sqlite3.Connection, evidence_id: str, record: dict[str, Any]) -> None:
+    """Keep a finished parcel's record until its ``pack.result`` is stored: a crash or a
+    power cut in between cannot lose it (the record is reported at the next start)."""
+    db.execute("INSERT OR REPLACE INTO pending_results (evidence_id, body, created_at) "
+               "VALUES (?, ?, ?)", (evidence_id, json.dumps(record, ensure_ascii=False),
+                                    time.time()))
+
+
+def unjournal(db: sqlite3.Connection, evidence_id: str) -> None:
+    """Inside the transaction that stores the parcel's ``pack.result``."""
+    db.execute("DELETE FROM pending_results WHERE evidence_id = ?", (evidence_id,))
+
+
+def journaled(db: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
+    """The parcels finished but not stored when the agent stopped, oldest first."""
+    rows = db.execute("SELECT evidence_id, body FROM pending_results ORDER BY created_at, "
+                      "evidence_id").fetchall()
+    return [(row[0], json.loads(row[1])) for row in rows]
 
 
 class EvidenceStore:
@@ -116,25 +140,54 @@ class EvidenceStore:
         day = datetime.fromtimestamp(at or time.time(), UTC).strftime("%Y-%m-%d")
         return self.photo_dir / day / f"{evidence_id}-{moment}.jpg"
 
+    def find_photos(self, evidence_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with the photos still pending when it was journaled filled in from
+        the files written since (blocking: globs the photo folder)."""
+        photos = []
+        for photo in record.get("photos", []):
+            if (photo.get("path") is None and _SAFE_PART.match(evidence_id)
+                    and _SAFE_PART.match(str(photo.get("moment", "")))):
+                found = sorted(self.photo_dir.glob(f"*/{evidence_id}-{photo['moment']}.jpg"))
+                if found:
+                    photo = {"moment": photo["moment"],
+                             "path": str(found[-1].relative_to(self.photo_dir)),
+                             "at": iso_time(found[-1].stat().st_mtime)}
+            photos.append(photo)
+        return {**record, "photos": photos}
+
     async def write_photo(self, path: Path, jpeg: bytes) -> Path:
         """Write a JPEG made by :meth:`photo_path` (in a thread; fsync'ed: it is evidence)."""
         if path.parent.parent != self.photo_dir or not _DAY.match(path.parent.name):
             raise AgentError(f"{path} is not a photo path of {self.photo_dir}",
                              code="invalid_name")
-        await asyncio.to_thread(_write_synced, path, jpeg)
+        await asyncio.to_thread(self._write_if_room, path, jpeg)
         return path
 
-    async def prune(self, now: float | None = None) -> dict[str, int]:
-        """Apply the retention limits; returns what went (photos, bytes, records)."""
+    def _write_if_room(self, path: Path, jpeg: bytes) -> None:
+        free = shutil.disk_usage(self.photo_dir).free
+        if free - len(jpeg) < self.limits.photo_min_free_mb * (1 << 20):
+            raise AgentError(f"disk nearly full ({free / (1 << 20):.0f} MB free): the photo "
+                             f"was not kept, to leave room for results (photos stop below "
+                             f"{self.limits.photo_min_free_mb:g} MB, "
+                             f"jobs.pack.photo_min_free_mb)", code="disk_full")
+        _write_synced(path, jpeg)
+
+    async def prune(self, now: float | None = None, *, by_age: bool = True) -> dict[str, int]:
+        """Apply the retention limits; returns what went (photos, bytes, records).
+
+        ``by_age=False`` (the wall clock jumped forward: "old" may mean nothing) applies
+        only the photo quota.
+        """
         now = now or time.time()
-        photos, freed = await asyncio.to_thread(self._prune_photos, now)
+        photos, freed = await asyncio.to_thread(self._prune_photos,
+                                                now if by_age else float("-inf"))
         cutoff = now - self.limits.record_retention_days * 86400
 
         def _forget(db: sqlite3.Connection) -> int:
             db.execute("PRAGMA foreign_keys=ON")
             return db.execute("DELETE FROM evidence WHERE created_at < ?", (cutoff,)).rowcount
 
-        records = await self._store.run(_forget)
+        records = await self._store.run(_forget) if by_age else 0
         if photos or records:
             log.info("evidence retention: %d photos (%d bytes) and %d records removed",
                      photos, freed, records)

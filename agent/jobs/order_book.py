@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agent.clock import ClockWatch
 from agent.config import OrdersConfig
 from agent.errors import AgentError
 from agent.jobs import order_store
@@ -82,8 +83,12 @@ class OrderBook:
 
     name = "orders"
 
-    def __init__(self, config: OrdersConfig, store: Store, outbox: Outbox, link: Link) -> None:
+    def __init__(self, config: OrdersConfig, store: Store, outbox: Outbox, link: Link,
+                 clock: ClockWatch | None = None) -> None:
         self.config = config
+        self.clock = clock or ClockWatch()
+        """A forward jump of the wall clock pauses the pruning of packed orders (a clock
+        set ahead must not let a packed order be pushed and packed again)."""
         self._store = store
         self._outbox = outbox
         self._link = link
@@ -108,8 +113,8 @@ class OrderBook:
     async def _housekeeping(self) -> None:
         while True:
             try:
-                forgotten = await self._store.run(order_store.prune,
-                                                  self.now() - self.config.retention_s)
+                forgotten = 0 if self.clock.retention_paused else await self._store.run(
+                    order_store.prune, self.now() - self.config.retention_s)
                 if forgotten:
                     log.info("forgot %d packed or cancelled orders older than %d s",
                              forgotten, self.config.retention_s)

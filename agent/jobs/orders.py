@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.jobs.print_model import ATTACHED_JOB_SCHEMA
+
 _ID = r"^[\x21-\x7e]{1,128}$"
 """Order ids, waybill numbers, SKUs and barcodes: printable ASCII, no spaces."""
 
@@ -74,8 +76,10 @@ class Order(_Model):
     priority: bool = False
     note: Annotated[str, Field(max_length=500)] = ""
     """Shown to the packer when the parcel opens."""
-    print_jobs: Annotated[tuple[dict[str, Any], ...], Field(max_length=10)] = ()
-    """``print.submit`` args (waybill, packing slip) printed once the parcel passes."""
+    print_jobs: Annotated[tuple[dict[str, Any], ...], Field(
+        max_length=10, json_schema_extra={"items": ATTACHED_JOB_SCHEMA})] = ()
+    """``print.submit`` args (waybill, packing slip) printed once the parcel passes; the
+    JSON Schema checks them (the model takes any object)."""
 
     @model_validator(mode="after")
     def _unambiguous(self) -> Order:

@@ -87,7 +87,8 @@ class PackConfig(BaseModel):
                 raise ValueError(f"photo moment {moment!r} may hold only letters, digits, "
                                  f"_ and - (it names the photo file)")
         return value
-    returns_photo_moment: str | None = "returned"
+    returns_photo_moment: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = (
+        "returned")
     """Taken at the first settled weight of a return; ``None``: no photo."""
     lookup_timeout_s: Annotated[float, Field(gt=0)] = 15.0
     """Give up waiting for ``OrderFound``/``OrderNotFound`` after this."""
@@ -194,6 +195,15 @@ class OrderUpdated(_JsonSafe):
 
 
 @dataclass(frozen=True, slots=True)
+class ClockJumped(_JsonSafe):
+    """The wall clock jumped ``jump_s`` seconds (forward positive): the timers keep their
+    durations, the times recorded from now on are the new clock's."""
+
+    jump_s: float
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PhotoTaken(_JsonSafe):
     moment: str
     path: str
@@ -244,7 +254,7 @@ class LabelsReady(_JsonSafe):
 
 
 Event = (Scan | WeightReading | Tick | OrderFound | OrderNotFound | OrderIntercepted
-         | OrderUpdated | PhotoTaken | PhotoFailed | PrintResult | LabelsReady)
+         | OrderUpdated | PhotoTaken | PhotoFailed | PrintResult | LabelsReady | ClockJumped)
 
 
 # --- actions ------------------------------------------------------------------------------

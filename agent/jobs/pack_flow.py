@@ -16,6 +16,7 @@ from agent.devices.readings import Scan, WeightReading
 from agent.jobs.orders import Order
 from agent.jobs.pack_events import (
     Action,
+    ClockJumped,
     Event,
     LabelsReady,
     LookupOrder,
@@ -71,7 +72,7 @@ class PackFlow(Steps):
                 OrderIntercepted: self._on_intercepted, OrderUpdated: self._on_updated,
                 PhotoTaken: self._on_photo,
                 PhotoFailed: self._on_photo, PrintResult: self._on_print,
-                LabelsReady: self._on_labels}
+                LabelsReady: self._on_labels, ClockJumped: self._on_clock}
 
     # --- scans --------------------------------------------------------------------------
 
@@ -349,6 +350,19 @@ class PackFlow(Steps):
         if (self.state in OPEN_PARCEL and s is not None and event.order_id in s.order_ids
                 and event.state in ("held", "cancelled")):
             return self._intercept(event.order_id, event.state, event.reason, event.at)
+        return []
+
+    def _on_clock(self, event: ClockJumped) -> list[Action]:
+        """Keep every timer's elapsed time across the jump (no parcel abandoned, no packer
+        logged out because the wall clock moved)."""
+        jump = event.jump_s
+        self.state_since += jump
+        self.active_at += jump
+        if self.lookup_at is not None:
+            self.lookup_at += jump
+        for s in (self.session, self.returns.session if self.returns else None):
+            if s is not None and s.last_item_at is not None:
+                s.last_item_at += jump
         return []
 
     def _on_updated(self, event: OrderUpdated) -> list[Action]:

@@ -38,6 +38,8 @@ class ParcelPhotos:
         self._answer = answer
         self._tasks: dict[str, list[asyncio.Task[Outcome]]] = {}
         """Photos by the evidence id of their parcel, until its record is completed."""
+        self.refused: tuple[float, str] | None = None
+        """Since when, and why, photos are refused for want of disk space."""
 
     def take(self, moment: str, evidence_id: str, parcel: int) -> None:
         """Start the photo ``moment`` of the parcel to be recorded as ``evidence_id``."""
@@ -57,8 +59,12 @@ class ParcelPhotos:
                     self._evidence.photo_path(evidence_id, moment), jpeg)
                 relative = str(path.relative_to(self._evidence.photo_dir))
                 outcome = PhotoTaken(moment, relative, time.time(), parcel)
+                self.refused = None
             except (AgentError, OSError) as exc:
                 outcome = PhotoFailed(moment, str(exc), time.time(), parcel)
+                if getattr(exc, "code", None) == "disk_full" and self.refused is None:
+                    log.error("photos stop: %s", exc)
+                    self.refused = (time.time(), str(exc))
             except Exception as exc:  # a camera bug must not cost the parcel its report
                 log.exception("photo %s of parcel %s failed", moment, evidence_id)
                 outcome = PhotoFailed(moment, f"{type(exc).__name__}: {exc}", time.time(),

@@ -30,17 +30,27 @@ from pathlib import Path
 from typing import Any
 
 from agent.bus import Bus
+from agent.clock import ClockWatch
 from agent.commands import CommandChannel
 from agent.config import PackJobConfig
 from agent.devices.manager import DeviceManager
 from agent.devices.readings import Scan, WeightReading
 from agent.devices.signal import SignalDevice
-from agent.errors import AgentError, OutboxFull
-from agent.jobs.evidence import EvidenceLimits, EvidenceStore, insert_record, new_evidence_id
+from agent.errors import AgentError, OutboxFull, StorageError
+from agent.jobs.evidence import (
+    EvidenceLimits,
+    EvidenceStore,
+    insert_record,
+    journal,
+    journaled,
+    new_evidence_id,
+    unjournal,
+)
 from agent.jobs.order_book import OrderBook, OrderError
 from agent.jobs.order_store import Parcel
 from agent.jobs.pack_events import (
     Action,
+    ClockJumped,
     Event,
     LabelsReady,
     LookupOrder,
@@ -61,9 +71,10 @@ from agent.jobs.pack_events import (
 )
 from agent.jobs.pack_flow import PackFlow
 from agent.jobs.pack_photos import ParcelPhotos
+from agent.jobs.print_model import ATTACHED_JOB_SCHEMA
 from agent.jobs.print_service import PrintService
 from agent.mqtt import MqttLink
-from agent.outbox import Outbox, Priority, dumps
+from agent.outbox import Outbox, Priority, dumps, iso_time
 from agent.store import Store
 from agent.tasks import spawn, task_name
 from agent.topics import Topics
@@ -82,7 +93,7 @@ LABELS_SCHEMA: dict[str, Any] = {
     "properties": {
         "order_ids": {"type": "array", "minItems": 1, "items": {"type": "string"}},
         "waybill": {"type": "string", "minLength": 1, "maxLength": 128},
-        "jobs": {"type": "array", "maxItems": 10, "items": {"type": "object"}},
+        "jobs": {"type": "array", "maxItems": 10, "items": ATTACHED_JOB_SCHEMA},
     },
 }
 FIND_SCHEMA: dict[str, Any] = {
@@ -102,20 +113,27 @@ class PackService:
     def __init__(self, config: PackJobConfig, *, storage_dir: Path, devices: DeviceManager,
                  bus: Bus, orders: OrderBook, printing: PrintService, store: Store,
                  outbox: Outbox, link: MqttLink, topics: Topics,
-                 commands: CommandChannel) -> None:
+                 commands: CommandChannel, clock: ClockWatch | None = None) -> None:
         self.config = config
+        self.clock = clock or ClockWatch()
+        """The daemon's: a forward jump pauses age-based retention."""
+        self._tick_clock = ClockWatch()
+        """Checked at every tick, so the flow hears of a jump before the next timer."""
         self.flow = PackFlow(config.flow)
         self.evidence = EvidenceStore(
             store, config.photo_dir or storage_dir / "photos",
             EvidenceLimits(config.photo_max_age_days, config.photo_quota_mb,
-                           config.record_retention_days))
+                           config.record_retention_days, config.photo_min_free_mb))
         self._devices, self._bus, self._orders, self._printing = devices, bus, orders, printing
+        self._store = store
         self._outbox, self._link, self._topics = outbox, link, topics
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._parcel_id: str | None = None
         self.photos = ParcelPhotos(devices, config, self.evidence, self._events.put_nowait)
         self._reports: set[asyncio.Task[None]] = set()
         self._reporting_orders: set[str] = set()
+        self._waiting_since: float | None = None
+        """Since when finished parcels wait for the store (full outbox or disk)."""
         """Orders of passing parcels whose report is not stored yet."""
         """Photos of a parcel still being taken, by evidence id: its report waits for them."""
         self._state_dirty = asyncio.Event()
@@ -132,12 +150,14 @@ class PackService:
         printing.listeners.append(self._job_changed)
         commands.register("pack.labels", self._cmd_labels, args_schema=LABELS_SCHEMA,
                           action=True)
-        commands.register("pack.state", self._cmd_state)
-        commands.register("evidence.find", self._cmd_find, args_schema=FIND_SCHEMA)
+        commands.register("pack.state", self._cmd_state, local=True)
+        commands.register("evidence.find", self._cmd_find, args_schema=FIND_SCHEMA,
+                          local=True)
 
     # ------------------------------------------------------------ service
     async def run(self, _daemon: object = None) -> None:
         await self.evidence.open()
+        await self._resume_reports()
         scanners = {d.name for d in self._devices.by_role(self.config.scanner_role, "scanner")}
         if not scanners:
             log.warning("no scanner has role %r: the packing flow gets no scans",
@@ -177,13 +197,16 @@ class PackService:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(_TICK_S)
+            jump = self._tick_clock.check()
+            if jump is not None:
+                self._events.put_nowait(ClockJumped(jump, time.time()))
             self._events.put_nowait(Tick(time.time()))
 
     async def _retention(self) -> None:
         """Apply the evidence retention at start and then every hour."""
         while True:
             try:
-                await self.evidence.prune()
+                await self.evidence.prune(by_age=not self.clock.retention_paused)
             except (AgentError, OSError) as exc:
                 log.error("evidence retention failed: %s", exc)
             await asyncio.sleep(_RETENTION_EVERY_S)
@@ -199,6 +222,9 @@ class PackService:
                 continue
             if isinstance(event, Scan):
                 self.alert = None  # the packer has moved on
+            # A finished parcel is on disk before the packer sees "complete" (its photos
+            # are asked for first: they are filed under its evidence id).
+            actions.sort(key=lambda a: not isinstance(a, TakePhoto | ReportResult))
             for action in actions:
                 try:
                     await self._carry_out(action)
@@ -241,11 +267,29 @@ class PackService:
             orders = set(action.evidence.get("order_ids", ())) if _passing(action.evidence) \
                 else set()
             self._reporting_orders |= orders
-            # In a task, so scans go on while a full outbox makes it wait; in order.
-            task = spawn(self._report_in_order(action.evidence, evidence_id, orders),
-                         name="pack.report")
-            self._reports.add(task)
-            task.add_done_callback(self._reports.discard)
+            try:
+                await self._store.run(journal, evidence_id, action.evidence)
+            except StorageError as exc:  # the report below keeps trying
+                log.error("parcel %s could not be journaled: %s", evidence_id, exc)
+            self._start_report(action.evidence, evidence_id, orders)
+
+    def _start_report(self, evidence: dict[str, Any], evidence_id: str,
+                      orders: set[str]) -> None:
+        # In a task, so scans go on while a full outbox makes it wait; in order.
+        task = spawn(self._report_in_order(evidence, evidence_id, orders), name="pack.report")
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _resume_reports(self) -> None:
+        """Report the parcels finished before the agent stopped but not stored then."""
+        for evidence_id, evidence in await self._store.run(journaled):
+            log.warning("parcel %s finished before the last stop; reporting it now",
+                        evidence_id)
+            evidence = await asyncio.to_thread(self.evidence.find_photos, evidence_id,
+                                               evidence)
+            orders = set(evidence.get("order_ids", ())) if _passing(evidence) else set()
+            self._reporting_orders |= orders
+            self._start_report(evidence, evidence_id, orders)
 
     async def _lookup(self, code: str) -> None:
         try:
@@ -258,7 +302,12 @@ class PackService:
     async def _submit_all(self, jobs: tuple[dict[str, Any], ...]) -> None:
         for job in jobs:  # in order: the waybill before its slip
             try:
-                await self._printing.submit(job)
+                result = await self._printing.submit(job)
+                if result.get("duplicate"):
+                    # Printed (or tried) before, e.g. before a restart: not printed again,
+                    # and no state change will follow. The flow learns where it stands
+                    # (an uncertain one waits for the packer's reprint).
+                    self._job_changed(result)
             except AgentError as exc:
                 self._events.put_nowait(PrintResult(job.get("job_id", "?"), "failed",
                                                     time.time(), code=exc.code,
@@ -291,10 +340,12 @@ class PackService:
                         passing = False
                 await self._store_result(evidence, evidence_id, None)
                 return
-            except OutboxFull as exc:
+            except StorageError as exc:
                 # Nothing may be lost: keep the record and try again (the flow moved on).
+                self._waiting_since = self._waiting_since or time.time()
                 self.alert = ("results are waiting to be stored: the bench's outbox is full "
-                              "(is the broker reachable?)")
+                              "(is the broker reachable?)" if isinstance(exc, OutboxFull)
+                              else f"results are waiting to be stored: {exc}")
                 self._state_dirty.set()
                 log.error("parcel %s not stored yet: %s; retrying", evidence_id, exc)
                 await asyncio.sleep(_RETRY_S)
@@ -303,11 +354,13 @@ class PackService:
                             mark: Callable[[sqlite3.Connection], None] | None) -> None:
         def also(db: sqlite3.Connection) -> None:
             insert_record(db, evidence_id, evidence)
+            unjournal(db, evidence_id)
             if mark is not None:
                 mark(db)
 
         await self._outbox.enqueue("pack.result", {**evidence, "evidence_id": evidence_id},
                                    priority=Priority.CRITICAL, also=also)
+        self._waiting_since = None
         log.info("parcel %s: %s (orders %s, waybill %s)", evidence_id, evidence.get("verdict"),
                  ", ".join(evidence.get("order_ids", [])), evidence.get("waybill"))
 
@@ -367,6 +420,17 @@ class PackService:
                         await self._state_dirty.wait()
                 if self._link.connection != connection or not self._link.connected.is_set():
                     break  # a new connection: publish again once it is up
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """The packing job's alarms, in the status message's format."""
+        found = []
+        if self.photos.refused is not None:
+            since, why = self.photos.refused
+            found.append({"code": "photos_refused", "since": iso_time(since), "message": why})
+        if self._waiting_since is not None:
+            found.append({"code": "results_waiting", "since": iso_time(self._waiting_since),
+                          "message": self.alert or "finished parcels wait to be stored"})
+        return found
 
     def state(self) -> dict[str, Any]:
         return {**self.flow.snapshot(), "signal": self.last_signal, "alert": self.alert}

@@ -104,6 +104,10 @@ SUBMIT_SCHEMA: dict[str, Any] = {
 }
 """``print.submit`` args: one of ``printer`` (a device name) or ``role`` (label, slip)."""
 
+ATTACHED_JOB_SCHEMA: dict[str, Any] = {**SUBMIT_SCHEMA, "required": ["document"]}
+"""A print job an order or ``pack.labels`` brings: ``print.submit`` args, checked when they
+arrive; the bench names a job without ``job_id`` (``<order_id>-<purpose>``)."""
+
 CANCEL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,

@@ -99,6 +99,24 @@ class PrinterStatus:
         return out
 
 
+MAX_QUANTITY = 999_999_999
+"""More labels than a job's quantity may ask for (ZPL ``^PQ`` takes up to 99,999,999)."""
+
+
+def quantity(digits: bytes, command: str) -> int:
+    """A job's label quantity, ``digits`` after ``command`` (``^PQ``, ``PRINT``, ``P``).
+
+    Raises:
+        ValueError: over :data:`MAX_QUANTITY` (a longer number would not even convert).
+    """
+    value = digits.lstrip(b"0") or b"0"
+    if len(value) > len(str(MAX_QUANTITY)) or int(value) > MAX_QUANTITY:
+        raise ValueError(f"{command} {digits[:20].decode('ascii')}"
+                         f"{'...' if len(digits) > 20 else ''} asks for more than "
+                         f"{MAX_QUANTITY:,} labels")
+    return int(value)
+
+
 def make_status(faults: Iterable[str], notes: Iterable[str], raw: bytes, *,
                 fields: Mapping[str, Any] | None = None, labels_remaining: int | None = None,
                 formats_in_buffer: int | None = None,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from agent.devices.printers import PrinterLanguage, PrinterStatus, make_status
+from agent.devices.printers import PrinterLanguage, PrinterStatus, make_status, quantity
 from agent.errors import ProtocolError
 
 STATUS_REQUEST = b"^ee\r\n"
@@ -112,8 +112,13 @@ _PRINT = re.compile(rb"^P(\d+)(?:,(\d+))?[ \t]*\r?$", re.M)
 
 
 def labels_in(job: bytes) -> int:
-    """Labels an EPL job prints: ``p1 * p2`` for every ``P p1[,p2]`` line."""
-    return sum(int(sets) * int(copies or 1) for sets, copies in _PRINT.findall(job))
+    """Labels an EPL job prints: ``p1 * p2`` for every ``P p1[,p2]`` line.
+
+    Raises:
+        ValueError: ``p1`` or ``p2`` over :data:`~agent.devices.printers.MAX_QUANTITY`.
+    """
+    return sum(quantity(sets, "P") * quantity(copies or b"1", "P")
+               for sets, copies in _PRINT.findall(job))
 
 
 class EplLanguage(PrinterLanguage):

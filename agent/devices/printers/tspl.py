@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from agent.devices.printers import PrinterLanguage, PrinterStatus, make_status
+from agent.devices.printers import PrinterLanguage, PrinterStatus, make_status, quantity
 from agent.errors import ProtocolError
 
 STATUS_REQUEST = b"\x1b!?"
@@ -69,8 +69,13 @@ _PRINT = re.compile(rb"^[ \t]*PRINT[ \t]+(\d+)(?:[ \t]*,[ \t]*(\d+))?", re.M)
 
 
 def labels_in(job: bytes) -> int:
-    """Labels a TSPL job prints: ``m * n`` for every ``PRINT m[,n]`` line."""
-    return sum(int(m) * int(n or 1) for m, n in _PRINT.findall(job))
+    """Labels a TSPL job prints: ``m * n`` for every ``PRINT m[,n]`` line.
+
+    Raises:
+        ValueError: ``m`` or ``n`` over :data:`~agent.devices.printers.MAX_QUANTITY`.
+    """
+    return sum(quantity(m, "PRINT") * quantity(n or b"1", "PRINT")
+               for m, n in _PRINT.findall(job))
 
 
 class TsplLanguage(PrinterLanguage):

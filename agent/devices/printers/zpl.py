@@ -37,7 +37,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from agent.devices.printers import PrinterLanguage, PrinterStatus, make_status, unknown_status
+from agent.devices.printers import (
+    PrinterLanguage,
+    PrinterStatus,
+    make_status,
+    quantity,
+    unknown_status,
+)
 from agent.errors import ProtocolError
 
 HS_REQUEST = b"~HS"
@@ -373,12 +379,15 @@ def labels_in(job: bytes) -> int:
     """Labels a ZPL job prints: each ``^XA``...``^XZ`` format with a field or graphic,
     times its ``^PQ`` quantity (total quantity ``q``; replicates of serialized fields are
     not counted). Formats that only set up the printer (``^XA^MMT^XZ``) print nothing.
+
+    Raises:
+        ValueError: a ``^PQ`` quantity over :data:`~agent.devices.printers.MAX_QUANTITY`.
     """
     total = 0
     for body in _FORMAT.findall(job):
         if _PRINTS.search(body):
-            quantity = _QUANTITY.search(body)
-            total += int(quantity[1]) if quantity else 1
+            found = _QUANTITY.search(body)
+            total += quantity(found[1], "^PQ") if found else 1
     return total
 
 
@@ -423,7 +432,7 @@ class ZplLanguage(PrinterLanguage):
         if extended and host != 3:
             frames, _ = split_frames(reply)
             return _status([frame for frame in frames if is_extended(frame)], reply)
-        if host == 0:
+        if host == 0 and not split_frames(reply)[1]:  # not even part of a line came
             asked = "~HS and ~HQES" if self._asked_extended else "~HS"
             return unknown_status(reply, f"no reply to {asked} within {timeout_ms} ms "
                                          f"(some printers stay silent while faulted)")

@@ -334,7 +334,10 @@ class KeyDecoder:
         elif code == e.KEY_ESC:
             out += self._char(ESC)
         elif code in _KEYPAD_DIGITS and self._alt_held():
-            self._alt_digits += _KEYPAD_DIGITS[code]
+            # The code counts modulo 256, and 10**8 is a multiple of 256: the first digit
+            # (a leading 0 means code page 1252) and the last eight are all that matter.
+            digits = self._alt_digits + _KEYPAD_DIGITS[code]
+            self._alt_digits = digits[0] + digits[-8:] if len(digits) > 9 else digits
         else:
             out += self._key(code)
         return out

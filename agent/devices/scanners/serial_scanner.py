@@ -69,7 +69,10 @@ class LineFramer:
                 out.append(self._too_long(line))
             elif line:
                 out.append(RawScan(decode_line(line), line))
-        if len(self._buffer) > self.max_length and not self._skipping:
+        pending = len(self._buffer)
+        if self.framing == "crlf" and self._buffer.endswith(b"\r"):
+            pending -= 1  # the CR of a CRLF whose LF comes with the next read
+        if pending > self.max_length and not self._skipping:
             out.append(self._too_long(bytes(self._buffer)))
             self._skipping = True
         if self._skipping:

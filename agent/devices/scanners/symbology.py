@@ -98,7 +98,7 @@ def split_aim(text: str) -> tuple[str | None, str]:
         return None, text
     length = 3
     if text[1] == "Y":
-        if not text[2].isdigit():
+        if not text[2].isascii() or not text[2].isdigit():  # "²" is a digit to Python
             return None, text
         length = 3 + int(text[2]) + 1
         if len(text) < length:
