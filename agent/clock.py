@@ -2,11 +2,12 @@
 whose real-time-clock battery died and came up in 2000.
 
 Durations in the agent run on the monotonic clock, which never jumps; wall time is what
-records carry. A jump matters in two places: the packing flow's timers, which it shifts
-(``docs/pack-flow.md``), and age-based retention, which a forward jump of an hour or more
-pauses until the agent restarts (a clock set years ahead must not delete the evidence
-it would call "old"; the disk quota still applies). The status carries a
-``clock_jumped`` alarm.
+records carry. The packing flow's timers count on the monotonic time handed to it with
+each event, so a jump does not reach them. It matters to age-based retention, which a
+forward jump of an hour or more pauses until the agent restarts (a clock set years ahead
+must not delete the evidence it would call "old"; the disk quota still applies). The
+status carries a ``clock_jumped`` alarm. The comparison uses ``CLOCK_BOOTTIME``, which
+counts a suspend, so waking a suspended bench is not a jump.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class ClockWatch:
     name = "clock"
 
     def __init__(self, wall: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = lambda: time.clock_gettime(time.CLOCK_BOOTTIME)
+                 ) -> None:
         self._wall, self._mono = wall, mono
         self._last = (wall(), mono())
         self.listeners: list[Callable[[float], None]] = []

@@ -52,6 +52,8 @@ ENVELOPE_SCHEMA: dict[str, Any] = json.loads(
 _NO_ARGS: dict[str, Any] = {"type": "object", "additionalProperties": False}
 _PRUNE_EVERY_S = 3600.0
 """How often command ids older than ``storage.command_retention_s`` are forgotten."""
+_RETRY_INTAKE_S = 5.0
+"""A command the store could not take (a full disk) is taken again after this."""
 _NOT_STORED = ("too_large", "malformed_json", "invalid_command", "rate_limited")
 """Refusals not remembered under the command id: the same id may be sent again."""
 
@@ -237,10 +239,19 @@ class CommandChannel(CommandRegistry):
             try:
                 await self._receive(message)
             except StorageError as exc:  # a full outbox or a full disk
-                log.error("command on %s not answered, left for redelivery: %s", message.topic,
-                          exc)
+                log.error("command on %s not answered yet: %s; trying again in %.0f s",
+                          message.topic, exc, _RETRY_INTAKE_S)
+                spawn(self._intake_later(message), name="commands.retry")
             except Exception:
                 log.exception("command on %s failed unexpectedly", message.topic)
+
+    async def _intake_later(self, message: Inbound) -> None:
+        """Take an unanswered command again once the store may have room (it stays
+        unacknowledged meanwhile: after a reconnect the broker delivers it again too,
+        and the command id makes the two one)."""
+        await asyncio.sleep(_RETRY_INTAKE_S)
+        if self._accepting:
+            self._queue.put_nowait(message)
 
     async def stop(self, timeout_s: float) -> None:
         """Stop taking commands; give those running ``timeout_s`` to finish."""
@@ -368,13 +379,22 @@ class CommandChannel(CommandRegistry):
                       request.command_id, exc)
 
     async def _resume_unfinished(self) -> None:
-        for request in await self._store.run(_unfinished):
+        try:
+            requests = await self._store.run(_unfinished)
+        except StorageError as exc:
+            log.error("commands recorded before the last stop not resumed: %s", exc)
+            return
+        for request in requests:
             log.info("running command %s (%s) recorded before the last stop", request.name,
                      request.command_id)
             try:
                 command = self._check(request, resumed=True)
             except CommandError as exc:
-                await self._send(request, self._reply(request, ok=False, error=exc), store=True)
+                try:
+                    await self._send(request, self._reply(request, ok=False, error=exc),
+                                     store=True)
+                except StorageError as full:  # stays recorded: refused at the next start
+                    log.error("refusal of command %s not stored: %s", request.command_id, full)
                 continue
             self._start(command, request)
 
@@ -439,7 +459,8 @@ def read_json(payload: bytes) -> Any:
             of range, a string escaping a lone surrogate) or nests deeper than Python reads.
     """
     try:
-        body = json.loads(payload, parse_constant=_not_a_number, parse_float=_finite)
+        text = payload.decode("utf-8")  # json.loads(bytes) would take UTF-16 and 32 too
+        body = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except RecursionError as exc:
         raise CommandError("payload is not JSON the bench can read: arrays or objects "
                            "nested too deep", code="malformed_json") from exc

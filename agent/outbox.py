@@ -17,11 +17,12 @@ replies) are never evicted: when nothing more can go, enqueueing one raises
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -220,13 +221,24 @@ class Outbox:
         self, db: sqlite3.Connection, batch: list[_Request]
     ) -> list[Event | Exception | None]:
         results: list[Event | Exception | None] = []
-        with Transaction(db):
+        with self._counters_kept(), Transaction(db):
             for request in batch:
                 try:
                     results.append(self._insert(db, request))
                 except OutboxFull as exc:
                     results.append(exc)
         return results
+
+    @contextlib.contextmanager
+    def _counters_kept(self) -> Iterator[None]:
+        """The in-memory counts follow the rows: a transaction that fails (a full disk
+        refusing the COMMIT) leaves them as they were."""
+        saved = (self.count, self.bytes, self.last_seq, dict(self.dropped), self.refused)
+        try:
+            yield
+        except BaseException:
+            self.count, self.bytes, self.last_seq, self.dropped, self.refused = saved
+            raise
 
     def _insert(self, db: sqlite3.Connection, request: _Request) -> Event | None:
         size = len(request.data) + len(request.topic)
@@ -411,7 +423,7 @@ class Outbox:
             db.execute("PRAGMA synchronous=FULL")
 
     def _delete_rows(self, db: sqlite3.Connection, seqs: list[int]) -> None:
-        with Transaction(db):
+        with self._counters_kept(), Transaction(db):
             for seq in seqs:
                 row = db.execute("DELETE FROM outbox WHERE seq = ? RETURNING size",
                                  (seq,)).fetchone()

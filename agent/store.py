@@ -189,8 +189,8 @@ class Store:
         try:
             return self._open_db()
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError):  # locked, I/O, permissions: not
-                raise StorageError(                        # corruption; nothing is moved
+            if not _corrupt(exc):  # locked, I/O, permissions, a bug: nothing is moved
+                raise StorageError(
                     f"{self.path}: cannot open the agent database: {exc}") from exc
             aside = self._put_aside(str(exc))
         try:
@@ -204,7 +204,9 @@ class Store:
         """Move a corrupt database (and its WAL) out of the way, loudly."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
+        # The WAL first: a crash between the renames must not leave a WAL beside a new,
+        # empty database (SQLite would drop it) or beside none.
+        for suffix in ("-wal", "-shm", ""):
             source = Path(f"{self.path}{suffix}")
             if source.exists():
                 source.rename(Path(f"{aside}{suffix}"))
@@ -225,7 +227,7 @@ class Store:
             db.execute("PRAGMA busy_timeout=5000")
             problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
-                raise sqlite3.DatabaseError(f"integrity check: {'; '.join(problems)}")
+                raise _Corrupt(f"integrity check: {'; '.join(problems)}")
             db.executescript(_SCHEMA)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -237,6 +239,9 @@ class Store:
                     f"{self.path}: database schema {version} is newer than this agent "
                     f"understands ({SCHEMA_VERSION})"
                 )
+            # A write at start: a database (or WAL) the agent can read but not write stops
+            # the start here, not at the first parcel.
+            meta_add(db, "store.opens", 1)
         except BaseException as exc:
             if db is not None:
                 db.close()
@@ -270,7 +275,17 @@ class Transaction:
         return self._db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type:
+            if self._db.in_transaction:  # an error may have rolled it back already
+                self._db.execute("ROLLBACK")
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT refused (a full disk) may leave the transaction open.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
 
 def meta_get(db: sqlite3.Connection, key: str, default: int = 0) -> int:
@@ -303,3 +318,13 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
         db.execute("ROLLBACK")
         raise
     log.warning("database upgraded from schema %d to %d", version, SCHEMA_VERSION)
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` found damage."""
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """The file is not a sound database (not: locked, unreadable, a full disk, a bug)."""
+    return isinstance(exc, _Corrupt) or getattr(exc, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)

@@ -192,3 +192,28 @@ def test_a_schema_1_database_from_before_print_jobs_is_upgraded_too(tmp_path: Pa
     with sqlite3.connect(tmp_path / "agent.db") as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(print_jobs)")}
         assert "waybill" in columns
+
+
+def test_a_commit_the_full_disk_refuses_leaves_the_counts_as_the_rows(tmp_path: Path) -> None:
+    """SQLITE_FULL (here from max_page_count, as from a full disk): nothing stored, nothing
+    counted; once there is room the outbox takes events and enforces its limits again."""
+    from agent.errors import StorageError
+
+    async def body(outbox: Outbox) -> tuple[int, int, int]:
+        await outbox.enqueue("a", {"n": 0})
+        pages = await outbox._store.run(
+            lambda db: db.execute("PRAGMA page_count").fetchone()[0])
+        await outbox._store.run(lambda db: db.execute(f"PRAGMA max_page_count={pages}"))
+        for n in range(10):
+            with pytest.raises(StorageError, match="full"):
+                await outbox.enqueue("big", {"pad": "x" * 20000, "n": n},
+                                     priority=Priority.CRITICAL)
+        assert (outbox.count, outbox.last_seq) == (1, 1)
+        await outbox._store.run(lambda db: db.execute("PRAGMA max_page_count=1073741823"))
+        for n in range(3):
+            await outbox.enqueue("b", {"n": n}, priority=Priority.CRITICAL)
+        rows = await outbox._store.run(
+            lambda db: db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return outbox.count, rows, outbox.last_seq
+    count, rows, last_seq = _run(tmp_path, body, max_events=5)
+    assert count == rows == 4 and last_seq == 4

@@ -12,7 +12,6 @@ from agent.devices.readings import Scan, WeightCondition, WeightReading
 from agent.jobs.orders import Order
 from agent.jobs.pack_events import (
     Action,
-    ClockJumped,
     LabelsReady,
     LookupOrder,
     OrderFound,
@@ -34,6 +33,7 @@ from agent.jobs.pack_events import (
     Tick,
 )
 from agent.jobs.pack_flow import PackFlow
+from agent.outbox import iso_time
 
 T0 = 1_700_000_000.0
 
@@ -67,17 +67,19 @@ class Bench:
     def __init__(self, config: PackConfig | None = None) -> None:
         self.flow = PackFlow(config)
         self.t = T0
+        self.wall_offset = 0.0
+        """How far the wall clock (events' ``at``) is off the steady clock (``t``)."""
         self.actions: list[Action] = []
 
     def _send(self, event: Any) -> list[Action]:
-        out = self.flow.handle(event)
+        out = self.flow.handle(event, mono=self.t)
         self.actions += out
         json.dumps(self.flow.snapshot())
         return out
 
     def now(self, dt: float = 1.0) -> float:
         self.t += dt
-        return self.t
+        return self.t + self.wall_offset
 
     def scan(self, data: str, gs1: dict[str, str] | None = None) -> list[Action]:
         return self._send(Scan("scanner1", data, gs1=gs1, at=self.now()))
@@ -795,17 +797,22 @@ def test_a_late_photo_of_an_abandoned_parcel_is_not_filed_under_the_next() -> No
 
 
 def test_a_wall_clock_jump_abandons_nothing_and_logs_nobody_out() -> None:
+    """Timers count on the monotonic clock; records carry the wall clock's time."""
     bench = Bench(PackConfig(abandon_after_s=600, logout_after_s=900))
     bench.open()
     bench.scan("MUG-RED")
-    bench.t += 7200  # NTP steps the clock two hours ahead
-    assert bench.send(ClockJumped, 7200.0) == []
+    bench.wall_offset += 7200  # NTP steps the clock two hours ahead
     assert bench.tick(60) == [] and bench.snap["state"] == "packing"
+    settled = bench.weigh(830.0)  # a reading before the last item: not the parcel's
+    bench.pack_all()
+    assert bench.snap["state"] == "weighing", "the reading came before the items"
+    assert settled == []
     out = bench.tick(600)  # a real 10 minutes without a scan still counts
     assert isinstance(out[1], ReportResult)
-    assert out[1].evidence["reason"] == "nothing happened for 10 min while packing"
-    bench.t -= 86400  # and back a day: the packer stays logged in until really idle
-    bench.send(ClockJumped, -86400.0)
+    record = out[1].evidence
+    assert record["reason"] == "nothing happened for 10 min while weighing"
+    assert record["finished_at"] == iso_time(bench.t + 7200), "the wall clock's time"
+    bench.wall_offset -= 86400  # and back a day: nobody is logged out early
     assert bench.tick(800) == [] and bench.snap["packer"] == "EMP-042"
     bench.tick(200)
     assert bench.snap["state"] == "logged_out"

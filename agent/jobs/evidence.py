@@ -41,6 +41,10 @@ _SAFE_PART = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
+_TMP_MAX_AGE_S = 3600.0
+"""A photo's temporary file older than this was never finished: removed by retention."""
+
+
 @dataclass(frozen=True)
 class EvidenceLimits:
     """Retention of evidence (``[jobs.evidence]``)."""
@@ -94,8 +98,8 @@ def unjournal(db: sqlite3.Connection, evidence_id: str) -> None:
 
 def journaled(db: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
     """The parcels finished but not stored when the agent stopped, oldest first."""
-    rows = db.execute("SELECT evidence_id, body FROM pending_results ORDER BY created_at, "
-                      "evidence_id").fetchall()
+    rows = db.execute("SELECT evidence_id, body FROM pending_results ORDER BY rowid"
+                      ).fetchall()
     return [(row[0], json.loads(row[1])) for row in rows]
 
 
@@ -202,6 +206,9 @@ class EvidenceStore:
                 if photo.suffix == ".jpg" and photo.is_file() and not photo.is_symlink():
                     stat = photo.stat()
                     files.append((stat.st_mtime, stat.st_size, photo))
+                elif (photo.suffix == ".tmp" and photo.is_file() and not photo.is_symlink()
+                      and time.time() - photo.stat().st_mtime > _TMP_MAX_AGE_S):
+                    photo.unlink(missing_ok=True)  # a write cut by a crash or a full disk
         files.sort()
         total = sum(size for _, size, _ in files)
         quota = self.limits.photo_quota_mb * 1024 * 1024

@@ -195,15 +195,6 @@ class OrderUpdated(_JsonSafe):
 
 
 @dataclass(frozen=True, slots=True)
-class ClockJumped(_JsonSafe):
-    """The wall clock jumped ``jump_s`` seconds (forward positive): the timers keep their
-    durations, the times recorded from now on are the new clock's."""
-
-    jump_s: float
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
 class PhotoTaken(_JsonSafe):
     moment: str
     path: str
@@ -254,7 +245,7 @@ class LabelsReady(_JsonSafe):
 
 
 Event = (Scan | WeightReading | Tick | OrderFound | OrderNotFound | OrderIntercepted
-         | OrderUpdated | PhotoTaken | PhotoFailed | PrintResult | LabelsReady | ClockJumped)
+         | OrderUpdated | PhotoTaken | PhotoFailed | PrintResult | LabelsReady)
 
 
 # --- actions ------------------------------------------------------------------------------

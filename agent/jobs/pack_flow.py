@@ -16,7 +16,6 @@ from agent.devices.readings import Scan, WeightReading
 from agent.jobs.orders import Order
 from agent.jobs.pack_events import (
     Action,
-    ClockJumped,
     Event,
     LabelsReady,
     LookupOrder,
@@ -48,8 +47,14 @@ class PackFlow(Steps):
     def __init__(self, config: PackConfig | None = None) -> None:
         super().__init__(config or PackConfig())
 
-    def handle(self, event: Event) -> list[Action]:
-        """Apply one event; return what the daemon must do, in order."""
+    def handle(self, event: Event, mono: float | None = None) -> list[Action]:
+        """Apply one event; return what the daemon must do, in order.
+
+        ``mono`` is the monotonic time it is handled at (``time.monotonic()``); the
+        timers count on it. Without it the event's wall time ``at`` is used (a test's
+        steady clock).
+        """
+        self.mono = event.at if mono is None else mono
         before = self._view()
         handler = self._handlers().get(type(event))
         actions = handler(event) if handler else []
@@ -72,13 +77,13 @@ class PackFlow(Steps):
                 OrderIntercepted: self._on_intercepted, OrderUpdated: self._on_updated,
                 PhotoTaken: self._on_photo,
                 PhotoFailed: self._on_photo, PrintResult: self._on_print,
-                LabelsReady: self._on_labels, ClockJumped: self._on_clock}
+                LabelsReady: self._on_labels}
 
     # --- scans --------------------------------------------------------------------------
 
     def _on_scan(self, scan: Scan) -> list[Action]:
         self.news = None
-        self.active_at = scan.at
+        self.active_mono = self.mono
         data = scan.data.strip()
         if self.state == PackState.LOGGED_OUT:
             if self._is_badge(data):
@@ -115,7 +120,7 @@ class PackFlow(Steps):
             return [Signal("good")]
         if self._is_control(data):
             return self._reject(scan, "not_now", f"{data} does nothing now")
-        self.pending_code, self.lookup_at = data, scan.at
+        self.pending_code, self.lookup_mono = data, self.mono
         self._go(PackState.LOOKING_UP, scan.at)
         return [LookupOrder(data)]
 
@@ -175,7 +180,7 @@ class PackFlow(Steps):
             if outcome == "serial":
                 self.pending_serial = None
         line.packed += 1
-        s.last_item_at = scan.at
+        s.last_item_mono = self.mono
         s.record_scan(scan, outcome, order_id=line.order_id, sku=line.line.sku, serial=serial)
         self.news = f"{line.label}: {line.packed} of {line.line.quantity}" + (
             f", serial {serial}" if outcome == "serial" else "")
@@ -313,8 +318,8 @@ class PackFlow(Steps):
                                    words.get(event.error_code, event.message))
 
     def _on_tick(self, event: Tick) -> list[Action]:
-        waited = event.at - self.state_since
-        quiet = event.at - max(self.active_at, self.state_since)
+        waited = self.mono - self.state_mono
+        quiet = self.mono - max(self.active_mono, self.state_mono)
         c = self.config
         if (c.abandon_after_s is not None and quiet >= c.abandon_after_s
                 and (self.session is not None or self.returns is not None)
@@ -330,8 +335,8 @@ class PackFlow(Steps):
             self.packer, self.mode = None, "pack"
             self._go(PackState.LOGGED_OUT, event.at)
             return []
-        if (self.state == PackState.LOOKING_UP and self.lookup_at is not None
-                and event.at - self.lookup_at >= self.config.lookup_timeout_s):
+        if (self.state == PackState.LOOKING_UP and self.lookup_mono is not None
+                and self.mono - self.lookup_mono >= self.config.lookup_timeout_s):
             return self._lookup_failed(
                 event.at, "lookup_timeout", f"no answer about order {self.pending_code} "
                 f"within {self.config.lookup_timeout_s:g} s")
@@ -350,19 +355,6 @@ class PackFlow(Steps):
         if (self.state in OPEN_PARCEL and s is not None and event.order_id in s.order_ids
                 and event.state in ("held", "cancelled")):
             return self._intercept(event.order_id, event.state, event.reason, event.at)
-        return []
-
-    def _on_clock(self, event: ClockJumped) -> list[Action]:
-        """Keep every timer's elapsed time across the jump (no parcel abandoned, no packer
-        logged out because the wall clock moved)."""
-        jump = event.jump_s
-        self.state_since += jump
-        self.active_at += jump
-        if self.lookup_at is not None:
-            self.lookup_at += jump
-        for s in (self.session, self.returns.session if self.returns else None):
-            if s is not None and s.last_item_at is not None:
-                s.last_item_at += jump
         return []
 
     def _on_updated(self, event: OrderUpdated) -> list[Action]:

@@ -50,7 +50,6 @@ from agent.jobs.order_book import OrderBook, OrderError
 from agent.jobs.order_store import Parcel
 from agent.jobs.pack_events import (
     Action,
-    ClockJumped,
     Event,
     LabelsReady,
     LookupOrder,
@@ -117,8 +116,6 @@ class PackService:
         self.config = config
         self.clock = clock or ClockWatch()
         """The daemon's: a forward jump pauses age-based retention."""
-        self._tick_clock = ClockWatch()
-        """Checked at every tick, so the flow hears of a jump before the next timer."""
         self.flow = PackFlow(config.flow)
         self.evidence = EvidenceStore(
             store, config.photo_dir or storage_dir / "photos",
@@ -132,10 +129,9 @@ class PackService:
         self.photos = ParcelPhotos(devices, config, self.evidence, self._events.put_nowait)
         self._reports: set[asyncio.Task[None]] = set()
         self._reporting_orders: set[str] = set()
-        self._waiting_since: float | None = None
-        """Since when finished parcels wait for the store (full outbox or disk)."""
         """Orders of passing parcels whose report is not stored yet."""
-        """Photos of a parcel still being taken, by evidence id: its report waits for them."""
+        self._waiting: tuple[float, str] | None = None
+        """Since when, and why, finished parcels wait for the store (full outbox or disk)."""
         self._state_dirty = asyncio.Event()
         self._state_urgent = asyncio.Event()
         """Set when something besides the live weight changed: published without waiting."""
@@ -197,9 +193,6 @@ class PackService:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(_TICK_S)
-            jump = self._tick_clock.check()
-            if jump is not None:
-                self._events.put_nowait(ClockJumped(jump, time.time()))
             self._events.put_nowait(Tick(time.time()))
 
     async def _retention(self) -> None:
@@ -216,7 +209,7 @@ class PackService:
         while True:
             event = await self._events.get()
             try:
-                actions = self.flow.handle(event)
+                actions = self.flow.handle(event, time.monotonic())
             except Exception:  # a bug in the flow must not stop the bench
                 log.exception("packing flow failed on %s", type(event).__name__)
                 continue
@@ -271,7 +264,8 @@ class PackService:
                 await self._store.run(journal, evidence_id, action.evidence)
             except StorageError as exc:  # the report below keeps trying
                 log.error("parcel %s could not be journaled: %s", evidence_id, exc)
-            self._start_report(action.evidence, evidence_id, orders)
+            finally:  # whatever happened, the report is made
+                self._start_report(action.evidence, evidence_id, orders)
 
     def _start_report(self, evidence: dict[str, Any], evidence_id: str,
                       orders: set[str]) -> None:
@@ -342,7 +336,10 @@ class PackService:
                 return
             except StorageError as exc:
                 # Nothing may be lost: keep the record and try again (the flow moved on).
-                self._waiting_since = self._waiting_since or time.time()
+                why = ("the bench's outbox is full (is the broker reachable?)"
+                       if isinstance(exc, OutboxFull) else str(exc))
+                self._waiting = (self._waiting[0] if self._waiting else time.time(),
+                                 f"finished parcels wait to be stored: {why}")
                 self.alert = ("results are waiting to be stored: the bench's outbox is full "
                               "(is the broker reachable?)" if isinstance(exc, OutboxFull)
                               else f"results are waiting to be stored: {exc}")
@@ -360,7 +357,7 @@ class PackService:
 
         await self._outbox.enqueue("pack.result", {**evidence, "evidence_id": evidence_id},
                                    priority=Priority.CRITICAL, also=also)
-        self._waiting_since = None
+        self._waiting = None
         log.info("parcel %s: %s (orders %s, waybill %s)", evidence_id, evidence.get("verdict"),
                  ", ".join(evidence.get("order_ids", [])), evidence.get("waybill"))
 
@@ -427,9 +424,9 @@ class PackService:
         if self.photos.refused is not None:
             since, why = self.photos.refused
             found.append({"code": "photos_refused", "since": iso_time(since), "message": why})
-        if self._waiting_since is not None:
-            found.append({"code": "results_waiting", "since": iso_time(self._waiting_since),
-                          "message": self.alert or "finished parcels wait to be stored"})
+        if self._waiting is not None:
+            found.append({"code": "results_waiting", "since": iso_time(self._waiting[0]),
+                          "message": self._waiting[1]})
         return found
 
     def state(self) -> dict[str, Any]:

@@ -100,7 +100,9 @@ class ParcelSession:
     waybill_verified: bool = False
     external_labels: bool = False
     """The central system submits the labels itself; its print results are tracked."""
-    last_item_at: float | None = None
+    last_item_mono: float | None = None
+    """Monotonic time of the last unit counted: a settled weight from after it is the
+    parcel's."""
     number: int = 0
     """Which parcel of this run of the flow (photos are matched to it)."""
 
@@ -201,7 +203,7 @@ class ParcelSession:
             p.serials.clear()
         self.box = None
         self.stable_weight_g = None
-        self.last_item_at = None
+        self.last_item_mono = None
 
     # --- printing ---------------------------------------------------------------------
 

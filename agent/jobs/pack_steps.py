@@ -58,6 +58,11 @@ class Steps:
         self.config = config
         self.state: PackState = PackState.LOGGED_OUT
         self.state_since = 0.0
+        """Wall time the state was entered (shown); its timers use ``state_mono``."""
+        self.mono = 0.0
+        """The monotonic time of the event being handled: every timer counts on it, so a
+        wall clock that jumps (NTP, ``date -s``) abandons nothing."""
+        self.state_mono = 0.0
         self.changed_at: float | None = None
         self.packer: str | None = None
         self.mode = "pack"
@@ -65,18 +70,19 @@ class Steps:
         self.last_rejection: dict[str, Any] | None = None
         self.last_parcel: dict[str, Any] | None = None
         self.last_weight_g: float | None = None
-        self.active_at = 0.0
+        self.active_mono = 0.0
+        """The packer's last scan (monotonic): the inactivity timeouts count from it."""
         self.opened = 0
         """Parcels and returns opened so far: numbers them for their photos."""
-        """The packer's last scan: the inactivity timeouts count from it."""
         self._last_settled: WeightReading | None = None
+        self._last_settled_mono = 0.0
         self._clear()
 
     def _clear(self) -> None:
         self.session: ParcelSession | None = None
         self.returns: ReturnCheck | None = None
         self.pending_code: str | None = None
-        self.lookup_at: float | None = None
+        self.lookup_mono: float | None = None
         self.pending_serial: LineProgress | None = None
         self.supervisor: str | None = None
         self.intercept: dict[str, Any] | None = None
@@ -85,7 +91,7 @@ class Steps:
         self.labels_prompted = False
 
     def _go(self, state: PackState, at: float) -> None:
-        self.state, self.state_since = state, at
+        self.state, self.state_since, self.state_mono = state, at, self.mono
         self.weighing_prompted = self.labels_prompted = False
 
     def _session(self) -> ParcelSession:
@@ -241,7 +247,8 @@ class Steps:
         self._go(PackState.WEIGHING, at)
         actions = self._photos("packed")
         last = self._last_settled
-        if last is not None and last.grams is not None and last.at >= (s.last_item_at or at):
+        if (last is not None and last.grams is not None
+                and self._last_settled_mono >= (s.last_item_mono or self.mono)):
             actions += self._weigh(last)
         return actions
 
@@ -254,7 +261,7 @@ class Steps:
                     and self.state == PackState.WEIGHT_MISMATCH):
                 return self._taken_off(reading.at)
             return []
-        self._last_settled = reading
+        self._last_settled, self._last_settled_mono = reading, self.mono
         if self.state == PackState.WEIGHT_MISMATCH and reading.grams < self.config.empty_below_g:
             return self._taken_off(reading.at)
         if self.state == PackState.WEIGHING:
