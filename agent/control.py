@@ -28,20 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import json
 import logging
 import os
 import select
 import socket
-import stat
 import struct
 import time
-from pathlib import Path
 from typing import Any
 
 from agent.commands import CommandRegistry, read_json
 from agent.config import DiagnosticsConfig
+from agent.control_socket import MAX_CONNECTIONS, ControlError, bind_socket
 from agent.errors import AgentError, CommandError
 from agent.tasks import task_name
 
@@ -51,8 +49,6 @@ MAX_REQUEST_BYTES = 64 * 1024
 """Longest request line (without its ``\\n``); a longer one gets ``too_large``."""
 MAX_REQUEST_DEPTH = 32
 """Deepest nesting of arrays and objects in a request (no command's args nest deeper)."""
-MAX_CONNECTIONS = 8
-"""Connections served at once; one more is answered ``busy`` and closed."""
 IDLE_TIMEOUT_S = 60.0
 """A connection with no request for this long, and no command running, is closed."""
 DRAIN_TIMEOUT_S = 10.0
@@ -64,15 +60,8 @@ _QUEUED_REQUESTS = 2
 _HANGUP_POLL_S = 0.2
 """While a command runs, how often to look whether the client closed the connection."""
 _CLOSE_S = 1.0
-_PROBE_TIMEOUT_S = 1.0
 _TOO_LARGE = object()
 _EOF = object()
-
-
-class ControlError(AgentError):
-    """The control socket cannot be created, or a request on it is refused."""
-
-    code = "control_error"
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -82,94 +71,6 @@ def encode(message: dict[str, Any]) -> bytes:
 
 def error_line(code: str, message: str) -> bytes:
     return encode({"ok": False, "error": {"code": code, "message": message}})
-
-
-# ---------------------------------------------------------------- the socket file
-def bind_socket(path: Path, group: str | None) -> socket.socket:
-    """A listening, non-blocking Unix socket at ``path`` with its mode (and group) set.
-
-    Blocking (a group lookup may ask NSS, the stale-socket probe connects): call it in a
-    thread.
-
-    Raises:
-        ControlError: saying why, in words a technician can act on.
-    """
-    gid = None
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ControlError(f"diagnostics.socket_group: there is no group {group!r} on this "
-                               f"computer (create it, or leave the key out for mode 0600)"
-                               ) from None
-    _make_parent(path.parent)
-    _remove_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        try:
-            sock.bind(str(path))
-        except OSError as exc:
-            raise ControlError(f"cannot create the control socket {path}: {exc.strerror}"
-                               ) from exc
-        try:
-            if gid is not None:
-                if os.stat(path).st_gid != gid:  # under systemd it is born with Group=
-                    os.chown(path, -1, gid)
-                os.chmod(path, 0o660)
-            else:
-                os.chmod(path, 0o600)
-        except OSError as exc:
-            path.unlink(missing_ok=True)
-            raise ControlError(f"cannot give the control socket {path} to group {group!r}: "
-                               f"{exc.strerror} (the agent's user must belong to that group)"
-                               ) from exc
-        sock.listen(MAX_CONNECTIONS)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _make_parent(folder: Path) -> None:
-    if folder.is_dir():
-        return
-    try:
-        folder.mkdir(parents=True, mode=0o755)
-        folder.chmod(0o755)  # mkdir's mode passes through the umask
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise ControlError(f"cannot create the folder {folder} of the control socket: "
-                           f"{exc.strerror}") from exc
-
-
-def _remove_stale(path: Path) -> None:
-    """Unlink a socket file nobody listens on; refuse anything else that is there."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise ControlError(f"cannot look at {path}: {exc.strerror}") from exc
-    if not stat.S_ISSOCK(mode):
-        raise ControlError(f"{path} exists and is not a socket; remove it or set another "
-                           f"diagnostics.socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(_PROBE_TIMEOUT_S)
-    try:
-        probe.connect(str(path))
-    except ConnectionRefusedError:
-        log.info("removing the stale control socket %s (nobody listens on it)", path)
-        path.unlink(missing_ok=True)
-        return
-    except OSError as exc:
-        raise ControlError(f"{path} exists and cannot be probed ({exc}); remove it if no "
-                           f"other bench-agent runs") from exc
-    finally:
-        probe.close()
-    raise ControlError(f"another process (a second bench-agent?) is listening on {path}; stop "
-                       f"it, or give this daemon its own diagnostics.socket")
 
 
 def _peer(sock: Any) -> str:
