@@ -216,11 +216,21 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(disk: Path, leave_bytes: int) -> Path:
-    """Take the disk's space but ``leave_bytes``."""
-    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    """Take the disk's space but about ``leave_bytes`` (the agent writes meanwhile: the
+    file grows in steps until the disk has no more than that left, or is full)."""
     filler = disk / f"filler-{time.monotonic_ns()}"
+    chunk = b"\0" * (256 * 1024)
     with open(filler, "wb") as out:
-        out.write(b"\0" * max(0, free - leave_bytes))
+        while True:
+            stats = os.statvfs(disk)
+            free = stats.f_bavail * stats.f_frsize
+            if free <= leave_bytes:
+                break
+            try:
+                out.write(chunk[:max(4096, min(len(chunk), free - leave_bytes))])
+                out.flush()
+            except OSError:  # ENOSPC: full, which is all that was asked for
+                break
     return filler
 
 
