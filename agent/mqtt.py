@@ -374,8 +374,13 @@ class MqttLink:
         self._closed.set()
         if self.connected.is_set():
             info = self.publish_status(offline_payload)
-            await asyncio.get_running_loop().run_in_executor(
-                self._connect_executor, info.wait_for_publish, timeout_s)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._connect_executor, info.wait_for_publish, timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                # The connection ended before the asyncio side heard of it: the broker
+                # publishes the Will (offline, connection_lost) instead.
+                log.warning("could not say offline before disconnecting: %s", exc)
             self._client.disconnect()
             try:
                 async with asyncio.timeout(timeout_s):

@@ -112,7 +112,10 @@ class AgentProcess:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
+        code = self.process.wait(timeout_s)
+        if code != 0:  # pytest shows this with the failing assertion on the exit code
+            print(f"agent exited with {code}; the end of its log:\n{self.output()[-6000:]}")
+        return code
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import select
 import sys
+import time
 from pathlib import Path
 
 from agent.config import load_config
@@ -37,7 +40,18 @@ class Producer:
         await asyncio.Event().wait()
 
 
+def relative_sleeps_under_libfaketime() -> None:
+    """libfaketime 0.9.10 (Debian 12's) fails ``clock_nanosleep(CLOCK_MONOTONIC,
+    TIMER_ABSTIME)`` with EINVAL when FAKETIME_DONT_FAKE_MONOTONIC is set, and CPython's
+    ``time.sleep`` is exactly that call: under it paho's reconnect wait raises OSError. A real
+    clock step breaks no sleep, so the clock test's agent sleeps with ``select`` (a relative
+    timeout, which libfaketime passes through unchanged)."""
+    if "faketime" in os.environ.get("LD_PRELOAD", ""):
+        time.sleep = lambda seconds: select.select([], [], [], seconds) and None
+
+
 def main() -> int:
+    relative_sleeps_under_libfaketime()
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
     parser.add_argument("--count", type=int, default=0)

@@ -347,6 +347,7 @@ def test_the_wall_clock_jumping_ahead_abandons_nothing_and_is_reported(
     finished_at = time.mktime(time.strptime(result["finished_at"][:19], "%Y-%m-%dT%H:%M:%S"))
     assert 7000 < finished_at - started_at < 7400, "records carry the new wall time"
     assert agent.stop() == 0
+    assert "Traceback" not in agent.output()
 
 
 def pack_rest(central: CentralSystem, bench: Bench, order_id: str) -> View:

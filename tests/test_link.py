@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import Callable
@@ -10,9 +11,12 @@ from pathlib import Path
 
 import jsonschema
 
+from agent.config import load_config
+from agent.mqtt import Inbound, MqttLink
 from simulators.broker import Broker
 from simulators.central import CentralSystem, Received
-from tests.harness import AgentProcess, wait_until
+from simulators.pki import Pki
+from tests.harness import AgentProcess, bench_config, wait_until, write_toml
 
 STATUS = "benchagent/v1/sh01/b07/status"
 TICKS = "benchagent/v1/sh01/b07/events/test.tick"
@@ -211,3 +215,34 @@ def test_event_larger_than_the_broker_allows_is_set_aside_and_the_rest_flow(
     assert "Maximum Packet Size" in status["outbox"]["last_rejection"]
     small.signal(signal.SIGTERM)
     assert small.stop() == 0
+
+
+def test_the_connection_ending_just_as_the_agent_stops_does_not_fail_the_stop(
+        broker: Broker, pki: Pki, tmp_path: Path) -> None:
+    """The broker goes away between "still connected" and the goodbye: the offline status
+    cannot be sent (the broker publishes the Will instead) and the stop still succeeds."""
+    config = load_config(write_toml(tmp_path / "agent.toml",
+                                    bench_config(tmp_path, broker.port, pki.ca)))
+
+    async def connected_hook() -> None:
+        return None
+
+    def ignore(_message: Inbound) -> None:
+        return None
+
+    async def scenario() -> None:
+        link = MqttLink(config, status_topic=STATUS, will_payload=lambda: b"{}",
+                        on_connected=connected_hook, on_message=ignore,
+                        on_puback=lambda _mid, _reason, _text: None)
+        runner = asyncio.create_task(link.run())
+        await asyncio.wait_for(link.connected.wait(), 10)
+        broker.kill()
+        # The event loop is held here as a busy agent's can be: paho's thread has seen the
+        # connection end, the agent's side has not heard of it yet.
+        wait_until(lambda: not link._client.is_connected(), 10, "paho to see the end")
+        assert link.connected.is_set()
+        await link.close(b'{"state": "offline"}', timeout_s=1.0)
+        await asyncio.wait_for(runner, 10)
+        assert link.state == "stopped"
+
+    asyncio.run(scenario())
