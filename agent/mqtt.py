@@ -126,6 +126,15 @@ def no_nagle(client: paho.Client) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def stop_network_thread(client: paho.Client) -> None:
+    """paho's ``loop_stop``, minus its race (eclipse-paho/paho.mqtt.python#872): after a
+    DISCONNECT the network thread ends by itself and clears ``_thread`` as it goes; if
+    that falls between loop_stop's ``is None`` check and its ``join``, paho raises
+    AttributeError. The thread has ended then, which is all loop_stop waits for."""
+    with contextlib.suppress(AttributeError):
+        client.loop_stop()
+
+
 class MqttLink:
     """Keeps one MQTT 5 session to the broker up for the agent's lifetime."""
 
@@ -331,7 +340,8 @@ class MqttLink:
                 self._client.loop_start()
                 await self._await_connack()
                 await self._gone.wait()
-                await self._loop.run_in_executor(self._connect_executor, self._client.loop_stop)
+                await self._loop.run_in_executor(self._connect_executor, stop_network_thread,
+                                                 self._client)
             if self._closing:
                 break
             self._attempt += 1

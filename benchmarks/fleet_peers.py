@@ -35,7 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt import no_nagle
+from agent.mqtt import no_nagle, stop_network_thread
 from benchmarks.fleet_bench import fleet_order, reports_failure
 from benchmarks.procstat import cpu_s, rss_bytes
 from simulators.printer import LabelPrinterSim
@@ -138,7 +138,7 @@ def consumer_main(plan: CentralPlan, index: int, conn: Connection) -> None:
         if len(receipts) == count:
             break
     client.disconnect()
-    client.loop_stop()
+    stop_network_thread(client)
     _finish(conn, receipts, plan.receipts, {"kinds": dict(kinds), "out_of_order": out_of_order})
 
 
@@ -252,7 +252,7 @@ def commander_main(plan: CentralPlan, conn: Connection) -> None:
     conn.recv()  # finish
     commander.wait_replies(120)
     commander.client.disconnect()
-    commander.client.loop_stop()
+    stop_network_thread(commander.client)
     trips = {name: sorted(values) for name, values in commander.round_trips.items()}
     _finish(conn, commander.receipts, plan.receipts, {
         "round_trips": trips, "failed": dict(commander.failed),

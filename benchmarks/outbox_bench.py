@@ -56,6 +56,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import Config, parse_config
 from agent.daemon import Daemon
+from agent.mqtt import stop_network_thread
 from agent.outbox import Event, Outbox, iso_time
 from agent.store import Store
 from agent.topics import Topics
@@ -201,7 +202,7 @@ class Subscriber:
 
     def stop(self) -> None:
         self._client.disconnect()
-        self._client.loop_stop()
+        stop_network_thread(self._client)
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         now = time.monotonic()
@@ -310,7 +311,7 @@ class PlainPublisher:
 
     def stop(self) -> None:
         self._client.disconnect()
-        self._client.loop_stop()
+        stop_network_thread(self._client)
 
     @staticmethod
     def envelope(seq: int) -> bytes:

@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt import no_nagle
+from agent.mqtt import no_nagle, stop_network_thread
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ class CentralSystem:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_network_thread(self.client)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config import ConfigError, parse_config
 from agent.errors import AgentError
 from agent.jobs.evidence import EvidenceLimits, EvidenceStore
+from agent.mqtt import stop_network_thread
 from agent.store import Store
 from simulators.broker import Broker, free_port
 from simulators.central import CentralSystem
@@ -152,7 +153,7 @@ class Probe:
     def close(self) -> None:
         if self.client is not None:
             self.client.disconnect()
-            self.client.loop_stop()
+            stop_network_thread(self.client)
 
 
 @pytest.fixture
