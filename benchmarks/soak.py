@@ -146,7 +146,7 @@ class Soak:
         pages, free = await bench.store.run(_db_pages)
         photos, photo_bytes = folder_size(bench.pack.evidence.photo_dir)
         gc.collect()  # cyclic garbage is not growth
-        snapshot = tracemalloc.take_snapshot()
+        snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
         if self.baseline is None and done > 0:
             self.baseline = snapshot
         self.last_snapshot = snapshot
@@ -196,7 +196,8 @@ def report(soak: Soak, elapsed_s: float, cpu_used_s: float, sims_cpu_s: float,
     bench, consumer, ledger, parcels = soak.bench, soak.bench.consumer, soak.ledger, soak.parcels
     print(f"\nparcels: {parcels} in {elapsed_s:.0f} s = {parcels / elapsed_s:.1f} parcels/s; "
           f"agent process CPU {cpu_used_s:.0f} s ({cpu_used_s / parcels * 1000:.1f} ms a "
-          f"parcel, tracemalloc on), printer simulators {sims_cpu_s:.0f} s")
+          f"parcel, tracemalloc {'on' if tracemalloc.is_tracing() else 'off'}), printer "
+          f"simulators {sims_cpu_s:.0f} s")
     later = [s for s in soak.samples if s.parcels > 0][1:] or soak.samples[-1:]
     xs = [float(s.parcels) for s in later]
     for name, values in (("RSS", [s.rss for s in later]),
@@ -262,6 +263,8 @@ def main() -> None:
     parser.add_argument("--photo-size", default="640x480", help="camera frames, WxH")
     parser.add_argument("--default-arenas", action="store_true",
                         help="keep glibc's malloc arenas (the daemon caps them at two)")
+    parser.add_argument("--no-tracemalloc", action="store_true",
+                        help="RSS only: tracemalloc's own tables and snapshots cost memory")
     args = parser.parse_args()
     if not args.default_arenas:
         limit_malloc_arenas()  # as `bench-agent run` does, before any thread starts
@@ -274,7 +277,8 @@ def main() -> None:
     print(machine())
     print(f"soak: {args.parcels} parcels, sample every {args.every}, photos {width}x{height} "
           f"capped at {args.photo_quota_mb:g} MB", flush=True)
-    tracemalloc.start(1)
+    if not args.no_tracemalloc:
+        tracemalloc.start(1)
     root = Path(tempfile.mkdtemp(prefix="bench-agent-soak-", dir="/var/tmp"))
     try:
         asyncio.run(soak(root, args.parcels, args.every, args.photo_quota_mb, (width, height)))
