@@ -3,9 +3,11 @@ whose real-time-clock battery died and came up in 2000.
 
 Durations in the agent run on the monotonic clock, which never jumps; wall time is what
 records carry. The packing flow's timers count on the monotonic time handed to it with
-each event, so a jump does not reach them. It matters to age-based retention, which a
-forward jump of an hour or more pauses until the agent restarts (a clock set years ahead
-must not delete the evidence it would call "old"; the disk quota still applies). The
+each event, so a jump does not reach them. It matters to age-based retention (photos,
+evidence, orders, command ids, print jobs), which a forward jump of an hour or more pauses
+until the agent restarts (a clock set years ahead must not delete the evidence it would
+call "old", nor forget the ids that keep a repeated command or print job from running
+twice; the disk quota still applies). The
 status carries a ``clock_jumped`` alarm. The comparison uses ``CLOCK_BOOTTIME``, which
 counts a suspend, so waking a suspended bench is not a jump.
 """
@@ -76,8 +78,8 @@ class ClockWatch:
         at, jump = self.last_jump
         if not self.retention_paused and self._wall() - at > ALARM_S:
             return []
-        pause = ("; age-based retention of photos, evidence and orders is paused until the "
-                 "agent restarts" if self.retention_paused else "")
+        pause = ("; age-based retention (photos, evidence, orders, command ids, print jobs) "
+                 "is paused until the agent restarts" if self.retention_paused else "")
         return [{"code": "clock_jumped", "since": iso_time(at),
                  "message": f"the wall clock jumped {jump:+.0f} s: check the time "
                             f"synchronisation (NTP){pause}"}]

@@ -34,6 +34,7 @@ from typing import Any
 
 import jsonschema
 
+from agent.clock import ClockWatch
 from agent.config import DiagnosticsConfig
 from agent.errors import AgentError, CommandError, StorageError
 from agent.mqtt import Inbound
@@ -204,8 +205,10 @@ class CommandChannel(CommandRegistry):
 
     def __init__(self, store: Store, outbox: Outbox, topics: Topics, *, max_bytes: int,
                  retention_s: int, ack: Callable[[Inbound], None],
-                 policy: DiagnosticsConfig | None = None) -> None:
+                 policy: DiagnosticsConfig | None = None,
+                 clock: ClockWatch | None = None) -> None:
         super().__init__()
+        self._clock = clock
         self._store = store
         self.policy = policy or DiagnosticsConfig()
         self._rate = _RateLimit(self.policy.remote_rate_per_min)
@@ -446,6 +449,8 @@ class CommandChannel(CommandRegistry):
 
     async def _prune(self) -> None:
         self._pruned_at = time.monotonic()
+        if self._clock is not None and self._clock.retention_paused:
+            return  # a clock set ahead would forget ids the broker can still deliver again
         cutoff = time.time() - self._retention_s
         await self._store.run(lambda db: db.execute(
             "DELETE FROM commands WHERE received_at < ? AND state = 'done'", (cutoff,)))

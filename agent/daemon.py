@@ -84,17 +84,18 @@ class Daemon:
             on_message=self._on_message,
             on_puback=self.outbox.on_puback,
         )
+        self.clock = ClockWatch()
         self.commands = CommandChannel(
             self.store, self.outbox, self.topics,
             max_bytes=config.mqtt.max_command_bytes,
             retention_s=config.storage.command_retention_s,
             ack=self.link.ack,
             policy=config.diagnostics,
+            clock=self.clock,
         )
         self.printing = PrintService(config.jobs.print, self.devices, self.store, self.outbox,
-                                     self.commands)
+                                     self.commands, self.clock)
         self.services.insert(1, self.printing)
-        self.clock = ClockWatch()
         self.services.append(self.clock)
         self.orders = OrderBook(config.jobs.orders, self.store, self.outbox, self.link,
                                 self.clock)

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any
 
+from agent.clock import ClockWatch
 from agent.commands import CommandChannel, parse_time
 from agent.config import PrintJobsConfig
 from agent.devices.manager import DeviceManager
@@ -66,8 +67,10 @@ class PrintService:
     name = "print"
 
     def __init__(self, config: PrintJobsConfig, devices: DeviceManager, store: Store,
-                 outbox: Outbox, commands: CommandChannel) -> None:
+                 outbox: Outbox, commands: CommandChannel,
+                 clock: ClockWatch | None = None) -> None:
         self.config = config
+        self._clock = clock
         self.devices = devices
         self._store = store
         self._outbox = outbox
@@ -163,14 +166,22 @@ class PrintService:
                 await self._settle()
                 if time.monotonic() - pruned_at > _PRUNE_EVERY_S:
                     pruned_at = time.monotonic()
-                    forgotten = await self._store.run(print_store.prune,
-                                                      now - self.config.keep_data_s,
-                                                      now - self.config.retention_s)
-                    if forgotten:
-                        log.info("forgot %d print jobs older than %d s", forgotten,
-                                 self.config.retention_s)
+                    await self.prune(now)
             except AgentError as exc:  # outbox full, disk trouble: try again next tick
                 log.error("print queue housekeeping: %s", exc)
+
+    async def prune(self, now: float) -> int:
+        """Drop finished jobs' bytes after ``keep_data_s`` and forget them after
+        ``retention_s``; not while the clock watch pauses age-based retention (a clock set
+        ahead would forget jobs a repeated print.submit can still name, and print them
+        again). Returns the jobs forgotten."""
+        if self._clock is not None and self._clock.retention_paused:
+            return 0
+        forgotten: int = await self._store.run(print_store.prune, now - self.config.keep_data_s,
+                                               now - self.config.retention_s)
+        if forgotten:
+            log.info("forgot %d print jobs older than %d s", forgotten, self.config.retention_s)
+        return forgotten
 
     # ------------------------------------------------------------ states
     async def transition(self, job: PrintJob, state: JobState, code: str | None, message: str,
