@@ -11,7 +11,6 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 from agent.bus import Bus
 from agent.clock import ALARM_S, JUMP_S, PAUSE_RETENTION_S, ClockWatch
@@ -24,6 +23,7 @@ from agent.jobs.print_service import PrintService
 from agent.outbox import Outbox
 from agent.store import Store
 from agent.topics import Topics
+from tests.test_pack_report import _no_report
 
 
 class Clocks:
@@ -133,14 +133,9 @@ def test_command_ids_and_print_jobs_are_kept_while_retention_is_paused(tmp_path:
         assert await store.run(remembered) == (True, True, True)
 
         watch.retention_paused = False  # what a restart does
-        channel._pruned_at = 0.0
         await channel._prune()
         assert await printing.prune(time.time()) == 1
         assert await store.run(remembered) == (False, False, False)
         await store.close()
 
     asyncio.run(scenario())
-
-
-async def _no_report(*_args: Any) -> None:
-    pass
